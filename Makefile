@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with Python 3.11 and make: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean-demo
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, so the pin resolves to the wheel the machine already has (CPU build here);
+	# GPU users: install a CUDA build of the same release first (see README).
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(PY) jobs/prepare.py
+	@if [ -f jobs/train.py ]; then $(PY) jobs/train.py; fi
+	@if [ -f jobs/translate.py ]; then $(PY) jobs/translate.py; fi
+
+test: $(INSTALLED)
+	$(PY) -m pytest
+
+test-fast: $(INSTALLED)
+	$(PY) -m pytest -m "not slow"
+
+clean-demo:
+	rm -rf "$${PIX2PIX_DEMO_ROOT:-$$HOME/.cache/pix2pix/demo-bucket}"

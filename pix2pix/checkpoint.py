@@ -1,0 +1,196 @@
+"""Saving and loading models: the pickle-free generator export and the full training state.
+
+Export = a directory holding ``generator.safetensors`` (weights) and ``generator.json``
+(architecture, image size, direction, step). Every Ray Train checkpoint directory contains
+one, next to ``training_state.pt`` (G, D, optimizers, schedulers; loaded with
+``torch.load(weights_only=True)``). A ``--checkpoint`` argument may therefore name an
+export/checkpoint directory, its ``generator.safetensors`` file, or a run directory (whose
+latest ``checkpoint_*`` is used), locally or on S3.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+import safetensors.torch
+import torch
+
+from pix2pix import storage
+from pix2pix.networks import GeneratorConfig, UNetGenerator
+
+EXPORT_FORMAT = "pix2pix-generator"
+EXPORT_VERSION = 1
+WEIGHTS_FILE = "generator.safetensors"
+CONFIG_FILE = "generator.json"
+TRAINING_STATE_FILE = "training_state.pt"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or of another architecture."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    generator: GeneratorConfig
+    image_size: int = 256
+    direction: str = "AtoB"
+    step: int = 0
+    epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": EXPORT_FORMAT,
+                "version": EXPORT_VERSION,
+                "architecture": "unet",
+                "generator": self.generator.to_dict(),
+                "image_size": self.image_size,
+                "direction": self.direction,
+                "step": self.step,
+                "epoch": self.epoch,
+                "extra": self.extra,
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ExportInfo:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{CONFIG_FILE} is not valid JSON: {error}") from None
+        if raw.get("format") != EXPORT_FORMAT or raw.get("architecture") != "unet":
+            raise CheckpointError(f"{CONFIG_FILE} is not a {EXPORT_FORMAT} (unet) export")
+        try:
+            return cls(
+                generator=GeneratorConfig.from_dict(raw["generator"]),
+                image_size=int(raw["image_size"]),
+                direction=raw.get("direction", "AtoB"),
+                step=int(raw.get("step", 0)),
+                epoch=int(raw.get("epoch", 0)),
+                extra=raw.get("extra", {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
+
+
+def export_generator(generator: torch.nn.Module, info: ExportInfo, directory: storage.Location) -> None:
+    """Write the export into ``directory`` (weights first, config last)."""
+    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in generator.state_dict().items()}
+    weights = safetensors.torch.save(state, metadata={"format": EXPORT_FORMAT})
+    storage.write_bytes(directory.filesystem, posixpath.join(directory.path, WEIGHTS_FILE), weights)
+    storage.write_bytes(directory.filesystem, posixpath.join(directory.path, CONFIG_FILE), info.to_json().encode())
+
+
+def find_export(uri: str) -> storage.Location:
+    """Resolve any accepted --checkpoint spelling to the directory holding an export."""
+    location = storage.resolve(uri)
+    filesystem = location.filesystem
+    if location.path.endswith(".safetensors"):
+        location = storage.Location(filesystem, posixpath.dirname(location.path), uri)
+    info = filesystem.get_file_info(location.path)
+    if info.type == pafs.FileType.NotFound:
+        raise CheckpointError(f"checkpoint not found: {uri}")
+    if _has_export(location):
+        return location
+    if info.type == pafs.FileType.Directory:
+        latest = latest_checkpoint(location)
+        if latest is not None:
+            return latest
+    raise CheckpointError(
+        f"no generator export in {uri}: expected {WEIGHTS_FILE} + {CONFIG_FILE}, "
+        f"a Ray Train checkpoint directory, or a run directory with {CHECKPOINT_PREFIX}* inside"
+    )
+
+
+def latest_checkpoint(run: storage.Location) -> storage.Location | None:
+    """The newest complete ``checkpoint_*`` directory of a run (Ray Train names them by time);
+    one left incomplete by a crash is passed over."""
+    selector = pafs.FileSelector(run.path, recursive=False, allow_not_found=True)
+    names = sorted(
+        posixpath.basename(entry.path)
+        for entry in run.filesystem.get_file_info(selector)
+        if entry.type == pafs.FileType.Directory and posixpath.basename(entry.path).startswith(CHECKPOINT_PREFIX)
+    )
+    for name in reversed(names):
+        if _has_export(run.join(name)):
+            return run.join(name)
+    return None
+
+
+def _has_export(location: storage.Location) -> bool:
+    weights = location.filesystem.get_file_info(posixpath.join(location.path, WEIGHTS_FILE))
+    return weights.type == pafs.FileType.File
+
+
+def read_export_info(directory: storage.Location) -> ExportInfo:
+    return ExportInfo.from_json(storage.read_text(directory.join(CONFIG_FILE)))
+
+
+def load_generator(
+    uri: str, expect: GeneratorConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[UNetGenerator, ExportInfo]:
+    """Load an exported generator without unpickling anything.
+
+    ``expect``: refuse an export whose architecture differs, naming the differing fields.
+    """
+    directory = find_export(uri)
+    info = read_export_info(directory)
+    if expect is not None and expect != info.generator:
+        raise CheckpointError(f"architecture mismatch in {uri}: {_describe_difference(expect, info.generator)}")
+    try:
+        weights = storage.read_bytes(directory.filesystem, posixpath.join(directory.path, WEIGHTS_FILE))
+        state = safetensors.torch.load(weights)
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {WEIGHTS_FILE} in {uri}: {error}") from None
+    generator = UNetGenerator(info.generator)
+    load_state_checked(generator, state, uri)
+    return generator.to(device).eval(), info
+
+
+def load_state_checked(module: torch.nn.Module, state: dict, uri: str) -> None:
+    """load_state_dict with a one-line message naming what does not fit."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{name} {tuple(state[name].shape)} vs {tuple(own[name].shape)}"
+        for name in own
+        if name in state and state[name].shape != own[name].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong_shape:
+            problems.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
+        raise CheckpointError(f"weights in {uri} do not fit the declared architecture: " + "; ".join(problems))
+    module.load_state_dict(state)
+
+
+def _describe_difference(expected: GeneratorConfig, found: GeneratorConfig) -> str:
+    wanted, have = expected.to_dict(), found.to_dict()
+    return ", ".join(f"{key} is {have[key]!r}, expected {wanted[key]!r}" for key in wanted if wanted[key] != have.get(key))
+
+
+def save_training_state(state: dict, directory: storage.Location) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(directory.filesystem, posixpath.join(directory.path, TRAINING_STATE_FILE), buffer.getvalue())
+
+
+def load_training_state(directory: storage.Location) -> dict:
+    """The full training state, loaded with weights_only=True (no code execution)."""
+    data = storage.read_bytes(directory.filesystem, posixpath.join(directory.path, TRAINING_STATE_FILE))
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read {TRAINING_STATE_FILE} in {directory.uri}: {error}") from None

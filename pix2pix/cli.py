@@ -1,0 +1,44 @@
+"""What every job's command line shares: one-line errors, the JSON summary line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from pix2pix.storage import redact
+
+
+class JobError(Exception):
+    """A failure the user can fix (bad input, URI, credentials): reported as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def print_summary(summary: dict) -> None:
+    print(json.dumps(summary, sort_keys=False, default=str), flush=True)
+
+
+def run(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run a job's main: user errors become one redacted line on stderr and exit code 1."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except (JobError, ValueError, OSError, *user_errors) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        sys.stderr.write(f"error: {redact(message)}\n")
+        sys.exit(1)
+    sys.exit(code or 0)

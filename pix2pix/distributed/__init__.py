@@ -1,0 +1,1 @@
+"""The Ray side of the project: the only package that imports Ray."""

@@ -1,0 +1,21 @@
+"""Connecting to Ray the same way from every job."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init() -> None:
+    """Join the cluster named by RAY_ADDRESS (or the job's own), else start a local one."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}},
+    )

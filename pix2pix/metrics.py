@@ -1,0 +1,250 @@
+"""Image-quality metrics for satellite -> map translation.
+
+All functions take batches of images as tensors shaped (N, 3, H, W) in the
+model's range [-1, 1] (a single (3, H, W) image is also accepted). Inputs of
+any float dtype (bf16 included) are cast to float32 before computing.
+
+Scales, chosen to match what each number is usually reported on:
+  L1              [-1, 1]   (what the pix2pix L1 loss measures)
+  PSNR, SSIM      [0, 1]    (data_range 1)
+  RMSE            0..255    after quantising to uint8, as maps benchmarks do
+  pixel accuracy  0..255    after quantising to uint8
+
+PSNR of identical images is +inf (the MSE is zero); it is reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
+
+RECIFE_PALETTE: dict[str, tuple[int, int, int]] = {
+    "water": (0, 127, 255),
+    "building": (255, 0, 0),
+    "vegetation": (0, 255, 0),
+    "road": (127, 127, 127),
+    "soil": (255, 255, 0),
+    "other": (255, 255, 255),
+    "wetland": (0, 255, 255),
+}
+
+_SSIM_KERNEL = 11
+
+
+def _as_batch(images: Tensor) -> Tensor:
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images shaped (N, 3, H, W), got {tuple(images.shape)}")
+    return images
+
+
+def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    pred, target = _as_batch(pred), _as_batch(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    return pred.detach().float(), target.detach().float()
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> uint8 0..255 (rounded, clamped), same layout."""
+    scaled = (images.detach().float() + 1.0) * 127.5
+    return scaled.round().clamp(0, 255).to(torch.uint8)
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """[-1, 1] floats -> float32 in [0, 1] (clamped), same layout."""
+    return ((images.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def _ssim_kernel(height: int, width: int) -> int:
+    # The default 11px Gaussian window needs images at least that big; shrink it
+    # (keeping it odd) for tiny test images rather than failing.
+    size = min(_SSIM_KERNEL, height, width)
+    return size if size % 2 == 1 else size - 1
+
+
+def _psnr_per_image(pred: Tensor, target: Tensor) -> Tensor:
+    return peak_signal_noise_ratio(
+        to_unit(pred), to_unit(target), data_range=1.0, reduction="none", dim=(1, 2, 3)
+    ).reshape(-1)
+
+
+def _ssim_per_image(pred: Tensor, target: Tensor) -> Tensor:
+    kernel = _ssim_kernel(pred.shape[-2], pred.shape[-1])
+    return structural_similarity_index_measure(
+        to_unit(pred), to_unit(target), data_range=1.0, kernel_size=kernel, reduction="none"
+    ).reshape(-1)
+
+
+def _squared_error_255(pred: Tensor, target: Tensor) -> Tensor:
+    return (to_uint8(pred).double() - to_uint8(target).double()) ** 2
+
+
+def _correct_pixels(pred: Tensor, target: Tensor, tolerance: float) -> Tensor:
+    diff = (to_uint8(pred).int() - to_uint8(target).int()).abs()
+    return diff.amax(dim=1) < tolerance  # (N, H, W)
+
+
+def l1(pred: Tensor, target: Tensor) -> float:
+    """Mean absolute error on the [-1, 1] scale."""
+    pred, target = _pair(pred, target)
+    return (pred - target).abs().mean().item()
+
+
+def psnr(pred: Tensor, target: Tensor) -> float:
+    """Mean over images of per-image PSNR in dB on [0, 1]; +inf if all images match exactly."""
+    pred, target = _pair(pred, target)
+    return _psnr_per_image(pred, target).double().mean().item()
+
+
+def ssim(pred: Tensor, target: Tensor) -> float:
+    """Mean over images of per-image SSIM on [0, 1]."""
+    pred, target = _pair(pred, target)
+    return _ssim_per_image(pred, target).double().mean().item()
+
+
+def rmse(pred: Tensor, target: Tensor) -> float:
+    """Root mean squared error on the 0..255 scale, over all pixels and channels."""
+    pred, target = _pair(pred, target)
+    return math.sqrt(_squared_error_255(pred, target).mean().item())
+
+
+def pixel_accuracy(pred: Tensor, target: Tensor, tolerance: float = 5) -> float:
+    """Fraction of pixels whose largest channel difference (0..255) is below `tolerance`."""
+    pred, target = _pair(pred, target)
+    return _correct_pixels(pred, target, tolerance).double().mean().item()
+
+
+def palette_classes(images: Tensor, palette: Mapping[str, tuple[int, int, int]]) -> Tensor:
+    """Index (in palette order) of the nearest palette colour per pixel -> LongTensor (N, H, W).
+
+    The dtype picks the scale: uint8 images are read as 0..255, floating
+    images as the model's [-1, 1] (quantised with `to_uint8` first). Distance
+    is squared RGB distance on 0..255; ties go to the earlier palette entry.
+    """
+    images = _as_batch(images.detach())
+    rgb = images if images.dtype == torch.uint8 else to_uint8(images)
+    colours = torch.tensor(list(palette.values()), dtype=torch.int32, device=rgb.device)  # (K, 3)
+    pixels = rgb.int().permute(0, 2, 3, 1).unsqueeze(-2)  # (N, H, W, 1, 3)
+    distances = ((pixels - colours) ** 2).sum(dim=-1)  # (N, H, W, K)
+    return distances.argmin(dim=-1)
+
+
+def _iou_counts(pred: Tensor, target: Tensor, palette: Mapping) -> tuple[Tensor, Tensor]:
+    """Per-class intersection and union pixel counts, each a float64 tensor of length K."""
+    k = len(palette)
+    pred_cls = palette_classes(pred, palette).reshape(-1)
+    target_cls = palette_classes(target, palette).reshape(-1)
+    pred_count = torch.bincount(pred_cls, minlength=k)
+    target_count = torch.bincount(target_cls, minlength=k)
+    intersection = torch.bincount(target_cls[pred_cls == target_cls], minlength=k)
+    union = pred_count + target_count - intersection
+    return intersection.double(), union.double()
+
+
+def _iou_from_counts(names, intersections, unions) -> dict[str, float]:
+    # Classes absent from both pred and target (union 0) are left out, so no NaNs.
+    result = {name: i / u for name, i, u in zip(names, intersections, unions) if u > 0}
+    if result:
+        result["mIoU"] = sum(result.values()) / len(result)
+    return result
+
+
+def class_iou(pred: Tensor, target: Tensor, palette: Mapping[str, tuple[int, int, int]]) -> dict[str, float]:
+    """Per-class IoU over all pixels of the batch, plus "mIoU" (mean over classes present).
+
+    Classes absent from both pred and target are omitted (no NaN entries).
+    """
+    intersection, union = _iou_counts(pred, target, palette)
+    return _iou_from_counts(palette.keys(), intersection.tolist(), union.tolist())
+
+
+def add_totals(*totals: Mapping[str, float]) -> dict[str, float]:
+    """Element-wise sum of `MetricAccumulator.totals()` dicts (e.g. from several workers)."""
+    summed: dict[str, float] = {}
+    for part in totals:
+        for key, value in part.items():
+            summed[key] = summed.get(key, 0.0) + float(value)
+    return summed
+
+
+class MetricAccumulator:
+    """Accumulates metric sums and counts over many batches.
+
+    `totals()` is a flat dict of floats that is additive: totals from
+    distributed workers can be summed key by key (`add_totals`, or an
+    all-reduce of the values in key order) and passed to `summarize`.
+    """
+
+    def __init__(self, palette: Mapping[str, tuple[int, int, int]] | None = None, tolerance: float = 5):
+        self.palette = dict(palette) if palette is not None else None
+        self.tolerance = tolerance
+        self._totals: dict[str, float] = {
+            "l1_sum": 0.0,
+            "value_count": 0.0,  # pixels x channels
+            "squared_error_255_sum": 0.0,
+            "correct_pixels": 0.0,
+            "pixel_count": 0.0,
+            "psnr_sum": 0.0,
+            "ssim_sum": 0.0,
+            "image_count": 0.0,
+        }
+        for name in self.palette or ():
+            self._totals[f"intersection/{name}"] = 0.0
+            self._totals[f"union/{name}"] = 0.0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        pred, target = _pair(pred, target)
+        t = self._totals
+        t["l1_sum"] += (pred - target).abs().double().sum().item()
+        t["value_count"] += pred.numel()
+        t["squared_error_255_sum"] += _squared_error_255(pred, target).sum().item()
+        correct = _correct_pixels(pred, target, self.tolerance)
+        t["correct_pixels"] += correct.sum().item()
+        t["pixel_count"] += correct.numel()
+        t["psnr_sum"] += _psnr_per_image(pred, target).double().sum().item()
+        t["ssim_sum"] += _ssim_per_image(pred, target).double().sum().item()
+        t["image_count"] += pred.shape[0]
+        if self.palette:
+            intersection, union = _iou_counts(pred, target, self.palette)
+            for name, i, u in zip(self.palette, intersection.tolist(), union.tolist()):
+                t[f"intersection/{name}"] += i
+                t[f"union/{name}"] += u
+
+    def totals(self) -> dict[str, float]:
+        return dict(self._totals)
+
+    @staticmethod
+    def summarize(totals: Mapping[str, float]) -> dict[str, float]:
+        """Dataset-level metrics from (possibly summed) totals.
+
+        L1, RMSE and pixel accuracy are pixel-weighted; PSNR and SSIM are means
+        of per-image values. With a palette, adds "IoU/<class>" for classes seen
+        in pred or target and "mIoU" over those.
+        """
+        if totals.get("image_count", 0) <= 0:
+            raise ValueError("no images were accumulated")
+        result = {
+            "L1": totals["l1_sum"] / totals["value_count"],
+            "PSNR": totals["psnr_sum"] / totals["image_count"],
+            "SSIM": totals["ssim_sum"] / totals["image_count"],
+            "RMSE": math.sqrt(totals["squared_error_255_sum"] / totals["value_count"]),
+            "pixel_accuracy": totals["correct_pixels"] / totals["pixel_count"],
+        }
+        names = [key.split("/", 1)[1] for key in totals if key.startswith("intersection/")]
+        ious = _iou_from_counts(
+            names,
+            [totals[f"intersection/{n}"] for n in names],
+            [totals[f"union/{n}"] for n in names],
+        )
+        for name, value in ious.items():
+            result[name if name == "mIoU" else f"IoU/{name}"] = value
+        return result

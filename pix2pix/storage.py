@@ -1,0 +1,162 @@
+"""URIs -> pyarrow filesystems, and the few file operations every job needs.
+
+A URI is a plain local path, ``file:///abs/path`` or ``s3://bucket/prefix``. S3 endpoint,
+region and credentials come from the standard AWS environment (AWS_ENDPOINT_URL[_S3],
+AWS_REGION / AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN)
+or the instance role. Every job passes the filesystem returned here explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+
+
+class StorageError(ValueError):
+    """A URI that cannot be used: unknown scheme, missing bucket, unreachable store."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem plus a path inside it; ``uri`` keeps the user's spelling for messages."""
+
+    filesystem: pafs.FileSystem
+    path: str
+    uri: str
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(parts)
+        return Location(self.filesystem, path, uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.filesystem, pafs.LocalFileSystem)
+
+
+def resolve(uri: str) -> Location:
+    """Parse a URI into a Location. Raises StorageError with one readable line."""
+    if not uri:
+        raise StorageError("empty storage URI")
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
+        return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri)), uri)
+    if scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
+        return Location(pafs.LocalFileSystem(), os.path.abspath(parsed.path), uri)
+    if scheme == "s3":
+        if not parsed.netloc:
+            raise StorageError(f"S3 URI needs a bucket: s3://bucket/prefix, got {uri!r}")
+        path = (parsed.netloc + "/" + parsed.path.lstrip("/")).rstrip("/")
+        return Location(s3_filesystem(), path, uri)
+    raise StorageError(
+        f"unsupported URI scheme {parsed.scheme!r} in {uri!r}: use a local path, file:// or s3://"
+    )
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3FileSystem configured from the AWS environment, with retries and backoff.
+
+    A bare ``S3FileSystem()`` ignores AWS_ENDPOINT_URL (``FileSystem.from_uri`` reads it),
+    so the endpoint is read here, for S3-compatible stores and test servers alike.
+    """
+    options: dict = {
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10),
+        "connect_timeout": 10,
+        "request_timeout": 60,
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+        options["endpoint_override"] = parsed.netloc
+        options["scheme"] = parsed.scheme or "https"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    elif endpoint:
+        options["region"] = "us-east-1"  # custom endpoints rarely answer region look-ups
+    return pafs.S3FileSystem(**options)
+
+
+def redact(text: str) -> str:
+    """Remove credential values found in the environment from a message."""
+    for name in _SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, f"<{name}>")
+    return text
+
+
+def exists(location: Location) -> bool:
+    return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
+
+
+def is_dir(location: Location) -> bool:
+    return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
+
+
+def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield paths of files under a directory, recursively, in listing order.
+
+    Hidden names (``.x``) and underscore-prefixed bookkeeping (``_failures/``) are skipped.
+    """
+    selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
+    for info in location.filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        relative = posixpath.relpath(info.path, location.path)
+        if any(part.startswith((".", "_")) for part in relative.split("/")):
+            continue
+        if suffixes and not info.path.lower().endswith(suffixes):
+            continue
+        yield info.path
+
+
+def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write a file so that no partial file is ever visible.
+
+    Local: write a temporary sibling, then rename over the target. S3: one PUT, which is
+    atomic by nature (the object appears whole when the request completes).
+    """
+    parent = posixpath.dirname(path)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        temporary = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+        return
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def read_text(location: Location) -> str:
+    return read_bytes(location.filesystem, location.path).decode("utf-8")
+
+
+def write_text(location: Location, text: str) -> None:
+    write_bytes(location.filesystem, location.path, text.encode("utf-8"))
+
+
+def make_dirs(location: Location) -> None:
+    location.filesystem.create_dir(location.path, recursive=True)

@@ -1,0 +1,162 @@
+"""XYZ (slippy map) tile keys, bounding boxes and image mosaics."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence, Union
+
+import mercantile
+import numpy as np
+from PIL import Image
+
+# Web Mercator is undefined at the poles; tiles cover latitudes within this limit.
+MAX_LATITUDE = 85.0511287798066
+MAX_ZOOM = 30
+
+ImageLike = Union[Image.Image, np.ndarray]
+
+_NUMBER = re.compile(r"[0-9]+")
+
+
+@dataclass(frozen=True, order=True)
+class TileKey:
+    z: int
+    x: int
+    y: int
+
+
+def _in_grid(z: int, x: int, y: int) -> bool:
+    return 0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z
+
+
+def parse_tile_key(path: str) -> TileKey | None:
+    """TileKey from a key ending in z/x/y.ext ("17/38591/49283.jpg", "city/17/38591/49283.png").
+
+    Returns None when the last three parts are not a valid z/x/y with an extension.
+    """
+    parts = path.replace("\\", "/").split("/")
+    if len(parts) < 3:
+        return None
+    z_text, x_text, filename = parts[-3:]
+    y_text, dot, ext = filename.partition(".")
+    if not dot or not ext:
+        return None
+    if not all(_NUMBER.fullmatch(t) for t in (z_text, x_text, y_text)):
+        return None
+    z, x, y = int(z_text), int(x_text), int(y_text)
+    return TileKey(z, x, y) if _in_grid(z, x, y) else None
+
+
+def tile_key_path(tile: TileKey, ext: str) -> str:
+    """Relative key "z/x/y.ext"; `ext` may be given with or without the dot."""
+    return f"{tile.z}/{tile.x}/{tile.y}.{ext.lstrip('.')}"
+
+
+def _validate_bbox(west: float, south: float, east: float, north: float) -> None:
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise ValueError(f"bbox values must be finite numbers, got {(west, south, east, north)}")
+    if not (-180.0 <= west < east <= 180.0):
+        raise ValueError(f"bbox needs -180 <= west < east <= 180, got west={west}, east={east}")
+    if not (-MAX_LATITUDE <= south < north <= MAX_LATITUDE):
+        raise ValueError(
+            f"bbox needs -{MAX_LATITUDE:.4f} <= south < north <= {MAX_LATITUDE:.4f} "
+            f"(Web Mercator range), got south={south}, north={north}"
+        )
+
+
+def tiles_in_bbox(west: float, south: float, east: float, north: float, zoom: int) -> list[TileKey]:
+    """All tiles at `zoom` intersecting the bbox (degrees, WGS84), sorted."""
+    _validate_bbox(west, south, east, north)
+    if not (isinstance(zoom, int) and 0 <= zoom <= MAX_ZOOM):
+        raise ValueError(f"zoom must be an integer in 0..{MAX_ZOOM}, got {zoom!r}")
+    return sorted(TileKey(t.z, t.x, t.y) for t in mercantile.tiles(west, south, east, north, zoom))
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """"W,S,E,N" (degrees) -> (west, south, east, north), validated."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ValueError(f"bbox must be 'west,south,east,north', got {text!r}")
+    try:
+        west, south, east, north = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"bbox values must be numbers, got {text!r}") from None
+    _validate_bbox(west, south, east, north)
+    return west, south, east, north
+
+
+def neighbours(tile: TileKey) -> dict[tuple[int, int], TileKey]:
+    """The up to 8 surrounding tiles keyed by (dx, dy); those off the grid are dropped (no wrap)."""
+    result = {}
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if (dx, dy) != (0, 0) and _in_grid(tile.z, tile.x + dx, tile.y + dy):
+                result[(dx, dy)] = TileKey(tile.z, tile.x + dx, tile.y + dy)
+    return result
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """PIL image (converted to RGB) or HxWx3 uint8 array -> RGB PIL image."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 array, got shape {array.shape} dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def mosaic(tiles: Mapping[TileKey, ImageLike], background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """Place same-zoom, same-size tiles on one image: x grows to the right, y downwards (north on top).
+
+    The canvas spans the min..max x and y present; missing tiles are `background`.
+    """
+    if not tiles:
+        raise ValueError("mosaic needs at least one tile")
+    zooms = {key.z for key in tiles}
+    if len(zooms) > 1:
+        raise ValueError(f"all tiles must share one zoom, got zooms {sorted(zooms)}")
+    images = {key: to_pil(img) for key, img in tiles.items()}
+    sizes = {img.size for img in images.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"all tiles must have the same size, got {sorted(sizes)}")
+    (width, height), = sizes
+    min_x = min(k.x for k in images)
+    min_y = min(k.y for k in images)
+    columns = max(k.x for k in images) - min_x + 1
+    rows = max(k.y for k in images) - min_y + 1
+    canvas = Image.new("RGB", (columns * width, rows * height), tuple(background))
+    for key, img in images.items():
+        canvas.paste(img, ((key.x - min_x) * width, (key.y - min_y) * height))
+    return canvas
+
+
+def side_by_side(*images: ImageLike, gap: int = 0, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    """Images left to right, top-aligned, `gap` pixels apart; height is the tallest image's."""
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    pils = [to_pil(img) for img in images]
+    width = sum(img.width for img in pils) + gap * (len(pils) - 1)
+    canvas = Image.new("RGB", (width, max(img.height for img in pils)), tuple(background))
+    left = 0
+    for img in pils:
+        canvas.paste(img, (left, 0))
+        left += img.width + gap
+    return canvas
+
+
+def image_grid(
+    rows: Sequence[Sequence[ImageLike]], gap: int = 0, background: tuple[int, int, int] = (0, 0, 0)
+) -> Image.Image:
+    """Rows of `side_by_side` images stacked top to bottom, `gap` pixels apart in both directions."""
+    if not rows:
+        raise ValueError("image_grid needs at least one row")
+    strips = [side_by_side(*row, gap=gap, background=background) for row in rows]
+    height = sum(s.height for s in strips) + gap * (len(strips) - 1)
+    canvas = Image.new("RGB", (max(s.width for s in strips), height), tuple(background))
+    top = 0
+    for strip in strips:
+        canvas.paste(strip, (0, top))
+        top += strip.height + gap
+    return canvas

@@ -1,0 +1,116 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pix2pix import data
+
+
+def encode(array, fmt="PNG", mode=None):
+    buffer = io.BytesIO()
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def rgb():
+    return np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+
+
+def test_decode_converts_every_mode_to_rgb(rgb):
+    assert np.array_equal(data.decode_image(encode(rgb)), rgb)
+    for mode in ["L", "P", "RGBA", "LA"]:
+        out = data.decode_image(encode(rgb, mode=mode))
+        assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    sixteen = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))
+    buffer = io.BytesIO()
+    sixteen.save(buffer, format="PNG")
+    out = data.decode_image(buffer.getvalue())
+    assert out.shape == (32, 32, 3) and out.max() > 200 and out.min() == 0
+
+
+@pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"hello, not an image", "cannot decode")])
+def test_undecodable_bytes_raise_bad_image(payload, reason):
+    with pytest.raises(data.BadImage, match=reason):
+        data.decode_image(payload)
+
+
+def test_truncated_jpeg_is_bad(rgb):
+    jpeg = encode(np.tile(rgb, (8, 8, 1)), "JPEG")
+    with pytest.raises(data.BadImage):
+        data.decode_image(jpeg[: len(jpeg) // 2])
+
+
+def test_image_bomb_rejected_from_header_before_decoding():
+    bomb = encode(np.zeros((4000, 4000), dtype=np.uint8))  # compresses to a few kB
+    with pytest.raises(data.BadImage, match="4000x4000 exceeds"):
+        data.decode_image(bomb, max_pixels=1024 * 1024)
+
+
+def test_side_by_side_split_and_direction(rgb):
+    both = np.concatenate([rgb, 255 - rgb], axis=1)
+    source, target = data.split_side_by_side(both, "left")
+    assert np.array_equal(source, rgb) and np.array_equal(target, 255 - rgb)
+    source, target = data.split_side_by_side(both, "right")
+    assert np.array_equal(source, 255 - rgb)
+    with pytest.raises(data.BadImage, match="twice as wide"):
+        data.split_side_by_side(rgb, "left")
+
+
+def test_decode_pair_rejects_mismatched_sizes(rgb):
+    record = {"layout": "paired", "source": encode(rgb), "target": encode(rgb[:16])}
+    with pytest.raises(data.BadImage, match="32x32 but target is 32x16"):
+        data.decode_pair(record)
+
+
+def test_training_augmentation_is_identical_on_source_and_target():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    transform = data.paired_transform(64, train=True, seed=3)
+    flips = set()
+    for _ in range(12):
+        source, target = data.augment_pair(transform, image, image.copy())
+        assert source.shape == (64, 64, 3)
+        assert np.array_equal(source, target)  # same crop offset, same flip
+        resized = data.paired_transform(64, train=False)(image=image)["image"]
+        flips.add(np.array_equal(source, resized))
+    assert data.load_size_for(256) == 286
+
+
+def test_augmentation_crops_and_flips_vary():
+    image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    transform = data.paired_transform(64, train=True, seed=5)
+    outputs = {data.augment_pair(transform, image, image)[0].tobytes() for _ in range(10)}
+    assert len(outputs) > 3
+    marker = np.zeros((64, 64, 3), dtype=np.uint8)
+    marker[:, :8] = 255  # a bright left edge ends up on the right after a flip
+    sides = set()
+    for _ in range(20):
+        source, target = data.augment_pair(transform, marker, marker)
+        sides.add(bool(source[:, :4].mean() > source[:, -4:].mean()))
+        assert np.array_equal(source, target)
+    assert sides == {True, False}
+
+
+def test_eval_transform_resizes_only(rgb):
+    source, target = data.augment_pair(data.paired_transform(64, train=False), rgb, rgb)
+    assert source.shape == (64, 64, 3) and np.array_equal(source, target)
+
+
+def test_preprocess_records_gives_uint8_nchw_and_model_range(rgb):
+    record = {"key": "a", "layout": "side-by-side", "image": encode(np.concatenate([rgb, rgb], 1)),
+              "source_side": "left"}
+    batch = data.preprocess_records([record, record], data.paired_transform(32, train=False))
+    assert batch["source"].shape == (2, 3, 32, 32) and batch["source"].dtype == np.uint8
+    scaled = data.to_model_range(batch["source"].astype(np.float32))
+    assert scaled.min() >= -1 and scaled.max() <= 1
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_encode_round_trip(rgb, fmt):
+    decoded = data.decode_image(data.encode_image(rgb, fmt))
+    assert decoded.shape == rgb.shape
+    if fmt == "png":
+        assert np.array_equal(decoded, rgb)

@@ -1,0 +1,58 @@
+import os
+
+import pyarrow.fs as pafs
+import pytest
+
+from pix2pix import storage
+
+
+def test_local_paths_and_file_uris(tmp_path):
+    plain = storage.resolve(str(tmp_path))
+    assert isinstance(plain.filesystem, pafs.LocalFileSystem) and plain.path == str(tmp_path)
+    assert storage.resolve(f"file://{tmp_path}").path == str(tmp_path)
+    relative = storage.resolve("some/dir")
+    assert relative.path == os.path.abspath("some/dir")
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/x", "hdfs://nn/x", "ftp://host/x", "http://host/x"])
+def test_unknown_scheme_is_rejected_clearly(uri):
+    with pytest.raises(storage.StorageError, match="unsupported URI scheme"):
+        storage.resolve(uri)
+
+
+def test_s3_uri_without_bucket_is_rejected():
+    with pytest.raises(storage.StorageError, match="bucket"):
+        storage.resolve("s3:///prefix")
+
+
+def test_atomic_local_write_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "a" / "b" / "tile.png"
+    storage.write_bytes(pafs.LocalFileSystem(), str(target), b"first")
+    storage.write_bytes(pafs.LocalFileSystem(), str(target), b"second")
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["tile.png"]
+
+
+def test_list_files_skips_hidden_and_bookkeeping(tmp_path):
+    for name in ["a/1.jpg", "a/2.PNG", "_failures/x.parquet", ".tmp/y.jpg", "a/.z.jpg.tmp", "b.txt"]:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    found = sorted(os.path.relpath(p, tmp_path) for p in storage.list_files(storage.resolve(str(tmp_path))))
+    assert found == ["a/1.jpg", "a/2.PNG", "b.txt"]
+    images = sorted(storage.list_files(storage.resolve(str(tmp_path)), (".jpg", ".png")))
+    assert len(images) == 2
+
+
+def test_s3_round_trip_through_aws_environment(s3_bucket):
+    location = storage.resolve(f"s3://{s3_bucket}/prefix")
+    assert isinstance(location.filesystem, pafs.S3FileSystem)
+    storage.write_text(location.join("dir", "hello.txt"), "hello")
+    assert storage.read_text(location.join("dir", "hello.txt")) == "hello"
+    assert storage.exists(location.join("dir", "hello.txt"))
+    assert [p.rsplit("/", 1)[-1] for p in storage.list_files(location)] == ["hello.txt"]
+
+
+def test_redact_removes_secrets(s3_endpoint):
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in storage.redact(f"failed with key {secret}!")
