@@ -1,0 +1,143 @@
+"""Train pix2pix with DDP on Ray Train, streaming prepared Parquet shards.
+
+    ray job submit --working-dir . -- python jobs/train.py --data s3://bucket/data --storage s3://bucket/runs
+
+With no flags, trains a small model on the demo data (prepared first if needed).
+Re-running with the same --storage and --name resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pix2pix import cli, defaults, storage  # noqa: E402
+from pix2pix.networks import NORM_KINDS  # noqa: E402
+from pix2pix.training import TrainConfig  # noqa: E402
+
+# The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
+DEMO_RECIPE = {"image_size": 128, "ngf": 32, "ndf": 32, "epochs": 3, "epochs_decay": 2, "batch_size": 4}
+PAPER = TrainConfig()
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[1])
+    where = parser.add_argument_group("data and storage")
+    where.add_argument("--data", help="prepared dataset root (DATA/train/*.parquet, DATA/val/*.parquet); "
+                       "local, file:// or s3:// (default: the demo dataset, prepared if missing)")
+    where.add_argument("--storage", help="Ray Train storage path for checkpoints, local or s3:// "
+                       "(default: the demo runs folder)")
+    where.add_argument("--name", help="run name under --storage; the same name resumes (default: demo)")
+    scale = parser.add_argument_group("scaling")
+    scale.add_argument("--num-workers", type=int, default=None,
+                       help="DDP workers (default: 1 per GPU on a GPU cluster, else 1)")
+    device = scale.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="gpu", action="store_true", default=None,
+                        help="train on GPUs (nccl); needed on an autoscaling cluster that starts with no GPU node")
+    device.add_argument("--cpu", dest="gpu", action="store_false", help="train on CPUs (gloo)")
+    scale.add_argument("--cpus-per-worker", type=float, default=None,
+                       help="CPUs reserved per worker (default: leaves one CPU for data loading on CPU clusters)")
+    scale.add_argument("--threads", type=int, default=None,
+                       help="torch threads per worker (default: the node's cores shared among its workers; 1 on GPU)")
+    scale.add_argument("--max-failures", type=int, default=3,
+                       help="worker-group restarts from the latest checkpoint before the run fails")
+    recipe = parser.add_argument_group("recipe (defaults: the paper's)")
+    recipe.add_argument("--epochs", type=int, default=None, help=f"epochs at the initial lr (paper: {PAPER.epochs})")
+    recipe.add_argument("--epochs-decay", type=int, default=None,
+                        help=f"then epochs of linear decay to 0 (paper: {PAPER.epochs_decay})")
+    recipe.add_argument("--batch-size", type=int, default=None, help=f"per worker (paper: {PAPER.batch_size})")
+    recipe.add_argument("--lr", type=float, default=PAPER.lr, help="Adam learning rate, G and D")
+    recipe.add_argument("--beta1", type=float, default=PAPER.beta1, help="Adam beta1")
+    recipe.add_argument("--lambda-l1", type=float, default=PAPER.lambda_l1, help="weight of the L1 term")
+    recipe.add_argument("--image-size", type=int, default=None, help=f"training crop (paper: {PAPER.image_size})")
+    recipe.add_argument("--norm", choices=NORM_KINDS, default=PAPER.norm,
+                        help="instance keeps tiles independent of batch mates; batch is the paper's")
+    recipe.add_argument("--ngf", type=int, default=None, help=f"generator width (paper: {PAPER.ngf})")
+    recipe.add_argument("--ndf", type=int, default=None, help=f"discriminator width (paper: {PAPER.ndf})")
+    recipe.add_argument("--depth", type=int, default=None, help="U-Net down steps (default: log2(image size), max 8)")
+    recipe.add_argument("--dropout", type=float, default=PAPER.dropout, help="generator dropout")
+    recipe.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                        help="auto: bf16 on AMX CPUs and Ampere+ GPUs, fp16 (with GradScaler) on older GPUs, "
+                        "else fp32")
+    recipe.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep NCHW memory layout")
+    recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
+    parser.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (and at the end)")
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (each holds G, D, optimizers)")
+    parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                        help="recorded in the export (default: the one the dataset was prepared with)")
+    args = parser.parse_args(argv)
+    for name in ("num_workers", "checkpoint_every", "keep_checkpoints"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def train_config(args, demo: bool) -> TrainConfig:
+    chosen = {name: getattr(args, name) for name in
+              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size")
+              if getattr(args, name) is not None}
+    base = DEMO_RECIPE if demo else {}
+    return TrainConfig(**{**base, **chosen}, norm=args.norm, dropout=args.dropout, lr=args.lr, beta1=args.beta1,
+                       lambda_l1=args.lambda_l1, precision=args.precision, channels_last=args.channels_last,
+                       seed=args.seed)
+
+
+def dataset_direction(data_uri: str) -> str:
+    info = storage.resolve(data_uri).join("_dataset.json")
+    return json.loads(storage.read_text(info)).get("direction", "AtoB") if storage.exists(info) else "AtoB"
+
+
+def main() -> int:
+    args = parse_args()
+    demo = args.data is None
+    config = train_config(args, demo)
+    config.validate()
+    from pix2pix.distributed import session, train
+
+    if not demo:
+        train.check_dataset(args.data)  # before starting Ray: a wrong URI fails in a second
+    session.init()
+    if demo:
+        args.data = defaults.DEMO_DATA
+        if not storage.exists(storage.resolve(defaults.DEMO_DATA).join("train")):
+            from pix2pix.demo import generate_demo
+            from pix2pix.distributed.prepare import prepare
+
+            generate_demo(defaults.DEMO_ROOT)
+            prepare(defaults.DEMO_RAW, defaults.DEMO_DATA)
+    storage_uri = args.storage or defaults.DEMO_RUNS
+    name = args.name or defaults.DEMO_RUN_NAME
+    resources = train.plan_resources(args.num_workers or 1, args.gpu, args.cpus_per_worker, args.threads)
+    job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
+                          threads=resources.threads, checkpoint_every=args.checkpoint_every)
+    started = time.perf_counter()
+    result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints)
+    if result.error:
+        raise cli.JobError(f"training failed: {result.error}")
+    final = result.checkpoint.path if result.checkpoint else None
+    cli.print_summary({
+        "run": f"{storage_uri.rstrip('/')}/{name}",
+        "checkpoint": final,
+        "samples": f"{final}/samples.png" if final else None,
+        "epoch": result.metrics.get("epoch"),
+        "step": result.metrics.get("step"),
+        "metrics": {key: value for key, value in result.metrics.items() if key.startswith(("val_", "G_", "D_"))},
+        "workers": resources.num_workers,
+        "device": "gpu" if resources.use_gpu else "cpu",
+        "seconds": round(time.perf_counter() - started, 1),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    from pix2pix.checkpoint import CheckpointError
+    from pix2pix.distributed.prepare import PrepareError
+    from pix2pix.distributed.train import DatasetError
+
+    cli.run(main, (CheckpointError, PrepareError, DatasetError))

@@ -1,0 +1,242 @@
+"""The pix2pix training step and its state: pure PyTorch, the same on one process or many.
+
+Distribution enters only through ``wrap`` (e.g. DistributedDataParallel): the generator is
+wrapped as is; the discriminator is wrapped together with its two calls of the D step
+(``DiscriminatorPair``), so each wrapped module runs exactly one forward and one backward per
+step. The G step calls the bare discriminator with its parameters frozen, so no gradient
+reaches D there and DDP never sees a parameter marked ready twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from pix2pix.losses import discriminator_loss, generator_loss
+from pix2pix.metrics import MetricAccumulator
+from pix2pix.networks import (
+    DiscriminatorConfig,
+    GeneratorConfig,
+    PatchDiscriminator,
+    UNetGenerator,
+    check_image_size,
+)
+from pix2pix.precision import autocast, resolve_precision
+
+LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    image_size: int = 256
+    ngf: int = 64
+    ndf: int = 64
+    depth: int | None = None  # None: log2(image_size), at most 8 (unet_256 for 256 px)
+    norm: str = "instance"
+    dropout: float = 0.5
+    epochs: int = 100  # at the initial learning rate
+    epochs_decay: int = 100  # then linearly down to zero
+    batch_size: int = 1  # per worker
+    lr: float = 2e-4
+    beta1: float = 0.5
+    lambda_l1: float = 100.0
+    precision: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+
+    @property
+    def generator_depth(self) -> int:
+        return self.depth if self.depth is not None else min(8, max(2, int(math.log2(self.image_size))))
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.epochs_decay
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(ngf=self.ngf, depth=self.generator_depth, norm=self.norm, dropout=self.dropout)
+
+    def discriminator_config(self) -> DiscriminatorConfig:
+        return DiscriminatorConfig(ndf=self.ndf, norm=self.norm)
+
+    def validate(self) -> None:
+        """Raise ValueError with one readable line for a configuration that cannot train."""
+        check_image_size(self.image_size, self.generator_depth)
+        self.generator_config(), self.discriminator_config()
+        for name in ("epochs", "epochs_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.total_epochs < 1:
+            raise ValueError("epochs + epochs_decay must be at least 1")
+        if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
+            raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
+    """The paper's schedule: lr constant for ``epochs``, then linearly to zero."""
+
+    def factor(epoch: int) -> float:
+        return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
+
+    return factor
+
+
+class DiscriminatorPair(nn.Module):
+    """The D step's two calls (real and fake pairs) as one forward."""
+
+    def __init__(self, discriminator: PatchDiscriminator):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, source, target, fake):
+        return self.discriminator(source, target), self.discriminator(source, fake)
+
+
+def identity(module: nn.Module) -> nn.Module:
+    return module
+
+
+class Pix2Pix:
+    """Generator, discriminator, their optimizers and schedulers, and one training step."""
+
+    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu",
+                 wrap: Callable[[nn.Module], nn.Module] = identity):
+        config.validate()
+        self.config = config
+        self.device = torch.device(device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        torch.manual_seed(config.seed)  # identical initial weights on every worker
+        self.generator = UNetGenerator(config.generator_config()).to(self.device, memory_format=self.memory_format)
+        self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
+            self.device, memory_format=self.memory_format)
+        self.generator_step = wrap(self.generator)
+        self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
+        betas = (config.beta1, 0.999)
+        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
+        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        schedule = linear_decay(config.epochs, config.epochs_decay)
+        self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, schedule)
+        self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, schedule)
+        use_scaler = self.precision == "fp16"
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.epoch = 0
+        self.step = 0
+
+    def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW (as the data pipeline delivers) -> float in [-1, 1] on the device."""
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = images.float() / 127.5 - 1.0
+        return images.contiguous(memory_format=self.memory_format)
+
+    def train_step(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One D update then one G update on a batch; returns the detached loss parts."""
+        source, target = self.prepare_inputs(source), self.prepare_inputs(target)
+        self.generator_step.train()
+        self.discriminator_step.train()
+        with autocast(self.device, self.precision):
+            fake = self.generator_step(source)
+
+        with autocast(self.device, self.precision):
+            real_logits, fake_logits = self.discriminator_step(source, target, fake.detach())
+        loss_d, parts_d = discriminator_loss(real_logits, fake_logits)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.optimizer_d)
+        self.scaler_d.update()
+
+        self.discriminator.requires_grad_(False)
+        try:
+            with autocast(self.device, self.precision):
+                fake_logits = self.discriminator(source, fake)
+            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1)
+            self.optimizer_g.zero_grad(set_to_none=True)
+            self.scaler_g.scale(loss_g).backward()
+            self.scaler_g.step(self.optimizer_g)
+            self.scaler_g.update()
+        finally:
+            self.discriminator.requires_grad_(True)
+        self.step += 1
+        return {**parts_g, **parts_d}
+
+    def end_epoch(self) -> None:
+        self.scheduler_g.step()
+        self.scheduler_d.step()
+        self.epoch += 1
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer_g.param_groups[0]["lr"]
+
+    @torch.inference_mode()
+    def translate(self, source: torch.Tensor) -> torch.Tensor:
+        """Deterministic inference (eval mode: dropout off) on a uint8 or [-1, 1] batch."""
+        self.generator.eval()
+        with autocast(self.device, self.precision):
+            return self.generator(self.prepare_inputs(source)).float().clamp(-1, 1)
+
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 accumulator: MetricAccumulator | None = None) -> MetricAccumulator:
+        accumulator = accumulator or MetricAccumulator()
+        for source, target in batches:
+            accumulator.update(self.translate(source), self.prepare_inputs(target).float())
+        return accumulator
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "scheduler_g": self.scheduler_g.state_dict(),
+            "scheduler_d": self.scheduler_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = TrainConfig(**state["config"])
+        if saved.generator_config() != self.config.generator_config():
+            raise ValueError(
+                f"the checkpoint's generator {saved.generator_config()} differs from the requested "
+                f"{self.config.generator_config()}; use another --name to start a new run"
+            )
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer_g.load_state_dict(state["optimizer_g"])
+        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.scheduler_g.load_state_dict(state["scheduler_g"])
+        self.scheduler_d.load_state_dict(state["scheduler_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+def balance_warning(history: list[dict[str, float]], patience: int = 2) -> str | None:
+    """A warning when the epoch losses show one network winning, else None.
+
+    ``history``: per-epoch mean losses (LOSS_NAMES). D near zero for ``patience`` epochs means
+    the discriminator wins (G gets no useful gradient); G_GAN far above log 2 means the same
+    from the other side; D_fake far above log 2 means the generator fools D completely.
+    """
+    recent = history[-patience:]
+    if len(recent) < patience:
+        return None
+    if all(0.5 * (epoch["D_real"] + epoch["D_fake"]) < 0.05 for epoch in recent):
+        return "discriminator is winning: D loss near 0 for the last epochs (try a lower D lr or more L1)"
+    if all(epoch["G_GAN"] > 4 * math.log(2) for epoch in recent):
+        return "discriminator is winning: G_GAN far above log 2 = 0.69 for the last epochs"
+    if all(epoch["D_fake"] > 4 * math.log(2) for epoch in recent):
+        return "generator is winning: D cannot tell fakes (D_fake far above 0.69)"
+    return None

@@ -1,0 +1,107 @@
+import math
+
+import pytest
+import torch
+
+from pix2pix import checkpoint, storage
+from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, linear_decay
+
+TINY = TrainConfig(image_size=64, ngf=8, ndf=8, epochs=2, epochs_decay=2, batch_size=2, precision="fp32")
+
+
+def batch(seed=0, n=2, size=64):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, 3, size, size), generator=generator, dtype=torch.uint8),
+            torch.randint(0, 256, (n, 3, size, size), generator=generator, dtype=torch.uint8))
+
+
+def test_train_step_moves_both_networks_and_returns_finite_losses():
+    model = Pix2Pix(TINY)
+    g_before = [p.detach().clone() for p in model.generator.parameters()]
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    parts = model.train_step(*batch())
+    assert set(parts) == {"G_GAN", "G_L1", "D_real", "D_fake"}
+    assert all(math.isfinite(float(v)) for v in parts.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, model.generator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters()))
+    assert all(p.requires_grad for p in model.discriminator.parameters())  # unfrozen after the G step
+    assert model.step == 1
+
+
+def test_l1_falls_when_fitting_one_pair():
+    model = Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=1, precision="fp32", dropout=0.0))
+    ramp = torch.linspace(0, 255, 64).round().to(torch.uint8)
+    source = torch.stack([ramp.expand(64, 64), ramp.expand(64, 64).T, 255 - ramp.expand(64, 64)])[None]
+    target = 255 - source  # a learnable mapping
+    first = float(model.train_step(source, target)["G_L1"])
+    for _ in range(40):
+        last = float(model.train_step(source, target)["G_L1"])
+    assert last < 0.8 * first
+
+
+def test_linear_decay_matches_the_paper_schedule():
+    factor = linear_decay(epochs=100, epochs_decay=100)
+    assert factor(0) == 1.0 and factor(99) == 1.0
+    assert factor(100) == pytest.approx(1 - 1 / 101)
+    assert factor(199) == pytest.approx(1 - 100 / 101)
+    model = Pix2Pix(TINY)
+    rates = []
+    for _ in range(4):
+        rates.append(model.learning_rate)
+        model.end_epoch()
+    assert rates[:2] == [2e-4, 2e-4] and rates[2] < 2e-4 and rates[3] < rates[2]
+
+
+def test_state_round_trip_resumes_identically(tmp_path):
+    model = Pix2Pix(TINY)
+    model.train_step(*batch(1))
+    model.end_epoch()
+    location = storage.resolve(str(tmp_path))
+    checkpoint.save_training_state(model.state_dict(), location)
+    restored = Pix2Pix(TINY)
+    restored.load_state_dict(checkpoint.load_training_state(location))
+    assert (restored.epoch, restored.step) == (1, 1) and restored.learning_rate == model.learning_rate
+    torch.manual_seed(5)
+    a = model.train_step(*batch(2))
+    torch.manual_seed(5)
+    b = restored.train_step(*batch(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for p, q in zip(model.generator.parameters(), restored.generator.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_resuming_with_another_architecture_is_refused():
+    state = Pix2Pix(TINY).state_dict()
+    with pytest.raises(ValueError, match="differs from the requested"):
+        Pix2Pix(TrainConfig(image_size=64, ngf=16, ndf=8, precision="fp32")).load_state_dict(state)
+
+
+def test_invalid_configs_fail_with_a_clear_message():
+    with pytest.raises(ValueError, match="not a multiple"):
+        TrainConfig(image_size=96, depth=6).validate()
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(epochs=0, epochs_decay=0).validate()
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp16"))
+
+
+def test_default_depth_follows_image_size():
+    assert TrainConfig(image_size=256).generator_depth == 8
+    assert TrainConfig(image_size=128).generator_depth == 7
+    assert TrainConfig(image_size=512).generator_depth == 8
+
+
+def test_translate_is_deterministic_in_eval_mode():
+    model = Pix2Pix(TINY)
+    source, _ = batch()
+    assert torch.equal(model.translate(source), model.translate(source))
+
+
+def test_balance_warning():
+    fine = {"G_GAN": 0.9, "G_L1": 0.3, "D_real": 0.6, "D_fake": 0.6}
+    d_wins = {"G_GAN": 6.0, "G_L1": 0.3, "D_real": 0.01, "D_fake": 0.01}
+    assert balance_warning([fine, fine]) is None
+    assert balance_warning([d_wins]) is None  # one epoch is not a trend
+    assert "discriminator is winning" in balance_warning([fine, d_wins, d_wins])
+    g_wins = {"G_GAN": 0.1, "G_L1": 0.3, "D_real": 0.5, "D_fake": 3.5}
+    assert "generator is winning" in balance_warning([g_wins, g_wins])
