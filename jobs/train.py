@@ -120,7 +120,7 @@ def main() -> int:
     result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints)
     if result.error:
         raise cli.JobError(f"training failed: {result.error}")
-    final = result.checkpoint.path if result.checkpoint else None
+    final = storage.resolve(storage_uri).uri_of(result.checkpoint.path) if result.checkpoint else None
     cli.print_summary({
         "run": f"{storage_uri.rstrip('/')}/{name}",
         "checkpoint": final,

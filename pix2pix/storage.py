@@ -41,6 +41,10 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
+    def uri_of(self, path: str) -> str:
+        """A URI for another path on the same filesystem (e.g. one Ray Train returns)."""
+        return path if self.is_local else f"s3://{path.lstrip('/')}"
+
 
 def resolve(uri: str) -> Location:
     """Parse a URI into a Location. Raises StorageError with one readable line."""
