@@ -1,0 +1,114 @@
+"""Training throughput: the Ray Train job (1 worker) against a bare PyTorch loop, and bf16
+against fp32, measured side by side in one run on real pairs (../shared/data/recife).
+
+    .venv/bin/python bench/train_bench.py [--pairs 48] [--batch-size 4] [--ngf 64]
+
+Run it on an idle machine: Ray workers run at nice 15, so any other load starves them.
+The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
+tasks while it trains, on the same cores, which is part of what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from pix2pix.data import paired_transform, preprocess_records  # noqa: E402
+from pix2pix.precision import cpu_has_native_bf16, set_threads  # noqa: E402
+from pix2pix.training import Pix2Pix, TrainConfig  # noqa: E402
+
+RECIFE = REPO.parent / "shared" / "data" / "recife"
+
+
+def copy_pairs(count: int, destination: Path) -> None:
+    for folder, ext in (("sat", "jpg"), ("map", "png")):
+        (destination / folder).mkdir(parents=True)
+        for path in sorted((RECIFE / "train" / folder).glob(f"*.{ext}"))[:count]:
+            shutil.copy(path, destination / folder / path.name)
+
+
+def bare_loop(config: TrainConfig, batches, threads: int, warmup: int = 1) -> float:
+    """Pairs/s of Pix2Pix.train_step in this process on pre-decoded batches."""
+    set_threads(threads)
+    model = Pix2Pix(config)
+    for source, target in batches[:warmup]:
+        model.train_step(source, target)
+    started = time.perf_counter()
+    for source, target in batches[warmup:]:
+        model.train_step(source, target)
+    return (len(batches) - warmup) * config.batch_size / (time.perf_counter() - started)
+
+
+def decoded_batches(raw: Path, config: TrainConfig, count: int):
+    records = [{"key": path.stem, "layout": "paired", "source": path.read_bytes(),
+                "target": (raw / "map" / f"{path.stem}.png").read_bytes()}
+               for path in sorted((raw / "sat").glob("*.jpg"))]
+    out = preprocess_records(records, paired_transform(config.image_size, train=True, seed=0))
+    source, target = torch.from_numpy(out["source"]), torch.from_numpy(out["target"])
+    size = config.batch_size
+    return [(source[i:i + size], target[i:i + size]) for i in range(0, size * count, size)]
+
+
+def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> float:
+    from pix2pix.distributed import session, train
+
+    session.init()
+    resources = train.Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, threads=threads)
+    job = train.JobConfig(train=config, data_uri=data, threads=threads, checkpoint_every=100)
+    result = train.fit(job, resources, storage_uri, "bench")
+    if result.error:
+        raise RuntimeError(result.error)
+    return result.metrics["pairs_per_s"]  # the last epoch: warm, data pipeline running
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=48, help="training pairs (one epoch)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--ngf", type=int, default=64, help="generator/discriminator width (paper: 64)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per bare-loop measurement")
+    args = parser.parse_args()
+    if not RECIFE.is_dir():
+        sys.exit(f"real data not found at {RECIFE}")
+    fp32 = TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size, epochs=2,
+                       epochs_decay=0, precision="fp32")
+    bf16 = TrainConfig(**{**fp32.to_dict(), "precision": "bf16"})
+    work = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    try:
+        copy_pairs(args.pairs, work / "raw")
+        batches = decoded_batches(work / "raw", fp32, args.steps + 1)
+        results = {
+            "bare_fp32_pairs_per_s": bare_loop(fp32, batches, args.threads),
+            "bare_bf16_pairs_per_s": bare_loop(bf16, batches, args.threads),
+        }
+        from pix2pix.distributed.prepare import prepare
+
+        from pix2pix.distributed import session
+
+        session.init()
+        prepare(str(work / "raw"), str(work / "data"), val_fraction=0.0)
+        results["ray_fp32_pairs_per_s"] = ray_job(fp32, str(work / "data"), str(work / "runs"), args.threads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["ray_vs_bare"] = results["ray_fp32_pairs_per_s"] / results["bare_fp32_pairs_per_s"]
+    results["bf16_vs_fp32"] = results["bare_bf16_pairs_per_s"] / results["bare_fp32_pairs_per_s"]
+    results.update(native_bf16=cpu_has_native_bf16(), threads=args.threads, batch_size=args.batch_size,
+                   ngf=args.ngf, image_size=256, pairs=args.pairs)
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
