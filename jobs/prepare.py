@@ -52,6 +52,7 @@ def main() -> int:
 
         generate_demo(defaults.DEMO_ROOT, pairs=args.demo_pairs)
         args.input, args.output = defaults.DEMO_RAW, defaults.DEMO_DATA
+    prepare.check_locations(args.input, args.output)  # before starting Ray: a wrong URI fails fast
     session.init()
     summary = prepare.prepare(args.input, args.output, args.layout, args.source_dir, args.target_dir,
                               args.direction, args.val_fraction, args.rows_per_shard)

@@ -56,6 +56,14 @@ def load_pair(spec: PairSpec, root: storage.Location, max_pixels: int) -> dict:
     return row
 
 
+def check_locations(input_uri: str, output_uri: str) -> tuple[storage.Location, storage.Location]:
+    """Resolve both URIs; a clear error when the input is not there (cheap: no Ray needed)."""
+    source, output = storage.resolve(input_uri), storage.resolve(output_uri)
+    if not storage.is_dir(source):
+        raise PrepareError(f"input not found or not a folder: {input_uri}")
+    return source, output
+
+
 def prepare(
     input_uri: str,
     output_uri: str,
@@ -67,10 +75,7 @@ def prepare(
     rows_per_shard: int = 256,
 ) -> dict:
     """Write ``output/<split>/*.parquet`` and ``output/_dataset.json``; return the summary."""
-    source = storage.resolve(input_uri)
-    output = storage.resolve(output_uri)
-    if not storage.is_dir(source):
-        raise PrepareError(f"input not found or not a folder: {input_uri}")
+    source, output = check_locations(input_uri, output_uri)
     relative = sorted(posixpath.relpath(path, source.path) for path in storage.list_files(source))
     if not relative:
         raise PrepareError(f"no files under {input_uri}")
