@@ -20,7 +20,7 @@ from pix2pix.networks import NORM_KINDS  # noqa: E402
 from pix2pix.training import TrainConfig  # noqa: E402
 
 # The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
-DEMO_RECIPE = {"image_size": 128, "ngf": 32, "ndf": 32, "epochs": 3, "epochs_decay": 2, "batch_size": 4}
+DEMO_RECIPE = {"image_size": 128, "ngf": 32, "ndf": 32, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
 PAPER = TrainConfig()
 
 

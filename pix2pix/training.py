@@ -235,7 +235,7 @@ def balance_warning(history: list[dict[str, float]], patience: int = 2) -> str |
         return None
     if all(0.5 * (epoch["D_real"] + epoch["D_fake"]) < 0.05 for epoch in recent):
         return "discriminator is winning: D loss near 0 for the last epochs (try a lower D lr or more L1)"
-    if all(epoch["G_GAN"] > 4 * math.log(2) for epoch in recent):
+    if all(epoch["G_GAN"] > 8 * math.log(2) for epoch in recent):  # D's fake score below ~0.4%
         return "discriminator is winning: G_GAN far above log 2 = 0.69 for the last epochs"
     if all(epoch["D_fake"] > 4 * math.log(2) for epoch in recent):
         return "generator is winning: D cannot tell fakes (D_fake far above 0.69)"
