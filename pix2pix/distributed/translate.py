@@ -1,0 +1,284 @@
+"""Batch translation as a Ray Data streaming pipeline, bucket to bucket.
+
+    shards -> plan (list input + output, skip done) -> read + decode (CPU actors)
+    -> generator (actor pool, GPU or CPU) -> encode + write (CPU actors) -> status rows
+
+The stages are in translate_stages; this module checks a run, sizes the actor pool, builds
+the pipeline, tallies the status rows and writes the failed ones to OUTPUT/_failures/.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data import ExecutionResources
+
+from pix2pix import checkpoint, storage
+from pix2pix.distributed.translate_stages import (
+    UNIT_SCHEMA, GeneratorStage, ReadStage, WriteStage, plan_shards,
+)
+from pix2pix.networks import check_image_size
+from pix2pix.precision import resolve_precision
+from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
+from pix2pix.translation_plan import (
+    PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, manifest_parts, read_manifest_part,
+)
+from pix2pix.translation_preview import PreviewSamples, write_preview
+
+FAILURES_DIR = "_failures"
+IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
+MIN_QUEUED_BYTES = 256 * 2**20
+
+FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
+
+
+class TranslateError(ValueError):
+    """The run cannot start: missing input, bad manifest, unusable checkpoint or sizes."""
+
+
+@dataclass
+class TranslateOptions:
+    input: str
+    output: str
+    checkpoint: str
+    manifest: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    zoom: int | None = None
+    image_format: str = "png"
+    image_size: int | None = None       # None: the checkpoint's
+    on_size: str = "resize"
+    context: int = 0                    # pixels of neighbour context; 0: tiles alone
+    stochastic: bool = False
+    seed: int = 0
+    precision: str = "auto"
+    threads: int | None = None          # torch threads per actor; None: 1 on CPU, 2 on GPU
+    batch_size: int | None = None       # tiles per actor call; None: 8 on CPU, 64 on GPU
+    min_actors: int | None = None
+    max_actors: int | None = None
+    gpu: bool | None = None             # None: GPU when the cluster has one
+    overwrite: bool = False
+    preview: str | None = None
+
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resources:
+    device: str
+    threads: int
+    actor_cpus: float
+    min_actors: int
+    max_actors: int
+    io_actors: int  # the most read actors, and write actors
+
+
+def plan_resources(options: TranslateOptions) -> Resources:
+    """GPU actors: one GPU each, and all remaining CPUs for reading and writing (encoding PNGs
+    is the bottleneck next to a GPU). CPU actors: one torch thread each by default, one actor
+    per CPU: measured here, two single-threaded actors beat one two-threaded actor by 1.3x,
+    since decode/encode on the same cores stall a multi-threaded generator's OpenMP barriers.
+    Their CPU reservation is smaller than their threads, so read/write actors fit beside them."""
+    cluster = ray.cluster_resources()
+    cpus, gpus = cluster.get("CPU", 1), int(cluster.get("GPU", 0))
+    use_gpu = gpus > 0 if options.gpu is None else options.gpu
+    if use_gpu and gpus == 0:
+        raise TranslateError("--gpu given but the Ray cluster has no GPUs")
+    threads = options.threads or (2 if use_gpu else 1)
+    low = options.min_actors or 1
+    high = max(options.max_actors or (gpus if use_gpu else max(1, int(cpus // threads))), low)
+    if use_gpu and high > gpus:
+        raise TranslateError(f"{high} GPU actors asked for, but the cluster has {gpus} GPUs")
+    if use_gpu:
+        actor_cpus = 1.0
+        io_actors = max(1, int((cpus - high * actor_cpus - IO_CPUS) / (2 * IO_CPUS)))
+    else:
+        io_actors = max(1, math.ceil(high / 4))  # PNG encoding is ~1/6 of a CPU generator's work
+        # Leave room for the read and write actors and one planning task.
+        actor_cpus = min(float(threads), max(0.1, (cpus - (2 * io_actors + 1) * IO_CPUS) / high))
+    return Resources("cuda" if use_gpu else "cpu", threads, round(actor_cpus, 2), low, high, io_actors)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What is checked before Ray starts, so that mistakes end in one line, early."""
+
+    input_root: storage.Location
+    output: storage.Location
+    export_uri: str
+    image_size: int
+    margin: int
+    settings: PlanSettings
+    manifest: storage.Location | None = None
+    manifest_parts: list | None = None
+
+
+def check_run(options: TranslateOptions) -> Run:
+    input_root, output = storage.resolve(options.input), storage.resolve(options.output)
+    _check_locations(input_root, output, options)
+    manifest = storage.resolve(options.manifest) if options.manifest else None
+    parts = manifest_parts(manifest) if manifest else None
+    export = checkpoint.find_export(options.checkpoint)
+    _, info = checkpoint.load_generator(export.uri)  # fail here, in one line, not in every actor
+    image_size = options.image_size or info.image_size
+    check_image_size(image_size, info.generator.depth)
+    margin = context_margin(options.context, image_size, info.generator.depth)
+    settings = PlanSettings(image_format=options.image_format, margin=margin, overwrite=options.overwrite)
+    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts)
+
+
+def translate(options: TranslateOptions, run: Run | None = None) -> dict:
+    started = time.monotonic()
+    run = run or check_run(options)
+    resources = plan_resources(options)
+    # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
+    local = resources.device == "cpu" or torch.cuda.is_available()
+    precision = resolve_precision(options.precision, resources.device) if local else options.precision
+    micro_batch = 1 if run.margin else default_micro_batch(resources.device)
+    batch_size = options.batch_size or (64 if resources.device == "cuda" else 8)
+    # Whole micro-batches per call: a partial one is padded, which costs time, never bytes.
+    units_per_call = 1 if run.margin else -(-batch_size // micro_batch) * micro_batch
+    canvas_bytes = 3 * (run.image_size * (BLOCK_TILES if run.margin else 1) + 2 * run.margin) ** 2
+    io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=resources.io_actors)
+
+    units = _planned_units(options, run)
+    # The dataset's own copy of the DataContext: settings for this run only.
+    units.context.enable_progress_bars = True
+    # Bound what may wait between stages (Ray Data's default budget is a share of the whole
+    # object store): memory then stays flat however many tiles a run has.
+    units.context.execution_options.resource_limits = ExecutionResources(
+        object_store_memory=max(MIN_QUEUED_BYTES, 16 * resources.max_actors * units_per_call * canvas_bytes))
+    # One block per batch: by default a task's outputs are merged into blocks of up to 128 MiB,
+    # so a whole shard of decoded tiles would travel (and wait) as one block.
+    units.context.target_max_block_size = units_per_call * canvas_bytes
+    statuses = (
+        units.map_batches(ReadStage, batch_size=units_per_call, batch_format="pyarrow", num_cpus=IO_CPUS,
+                          compute=io_pool, fn_constructor_kwargs={
+                              "input_root": run.input_root, "image_size": run.image_size, "on_size": options.on_size})
+        .map_batches(
+            GeneratorStage, batch_size=units_per_call, batch_format="pyarrow",
+            fn_constructor_kwargs={
+                "checkpoint_uri": run.export_uri, "device": resources.device, "precision": precision,
+                "threads": resources.threads,
+                "micro_batch": micro_batch,
+                "stochastic": options.stochastic, "seed": options.seed,
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
+            num_cpus=resources.actor_cpus, num_gpus=1 if resources.device == "cuda" else 0,
+        )
+        .map_batches(WriteStage, batch_size=units_per_call, batch_format="pyarrow", num_cpus=IO_CPUS,
+                     compute=io_pool, fn_constructor_kwargs={
+                         "output": run.output, "image_format": options.image_format, "image_size": run.image_size})
+    )
+    counts = defaultdict(int)
+    samples = PreviewSamples()
+    first = None  # (time, written) when the first tiles were written: the end of start-up
+    with FailureLog(run.output) as failures:
+        for batch in statuses.iter_batches(batch_size=None, batch_format="pyarrow"):
+            _tally(batch, counts, failures, samples)
+            if first is None and counts["written"]:
+                first = (time.monotonic(), counts["written"])
+    finished = time.monotonic()
+    if options.preview:
+        write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
+    seconds = time.monotonic() - started
+    tiles = counts["written"] + counts["skipped"] + counts["failed"]
+    steady = (counts["written"] - first[1]) / (finished - first[0]) if first and finished > first[0] else None
+    return {
+        "tiles": tiles, "written": counts["written"], "skipped": counts["skipped"], "failed": counts["failed"],
+        "seconds": round(seconds, 2), "tiles_per_s": round(counts["written"] / seconds, 3) if seconds else 0.0,
+        "failed_fraction": round(counts["failed"] / tiles, 6) if tiles else 0.0,
+        "failures": failures.uri, "output": options.output, "device": resources.device, "precision": precision,
+        "actors": [resources.min_actors, resources.max_actors], "threads": resources.threads,
+        "context_pixels": run.margin, "batch_size": units_per_call,
+        "startup_s": round(first[0] - started, 2) if first else None,
+        "steady_tiles_per_s": round(steady, 3) if steady else None,
+        "read_ratio": round(counts["bytes_read"] / counts["tile_bytes"], 3) if counts["tile_bytes"] else None,
+        "preview": options.preview,
+    }
+
+
+def _check_locations(input_root, output, options: TranslateOptions) -> None:
+    if not options.manifest and not storage.is_dir(input_root):
+        raise TranslateError(f"input not found or not a folder: {options.input}")
+    if type(input_root.filesystem) is type(output.filesystem) and (
+            output.path == input_root.path or output.path.startswith(input_root.path.rstrip("/") + "/")):
+        raise TranslateError("--output must not be the input or inside it (outputs would be listed as inputs)")
+
+
+def _planned_units(options, run: Run) -> ray.data.Dataset:
+    settings = run.settings
+    if run.manifest_parts and settings.margin == 0:
+        shards = [Shard(dirs=[], core=[], manifest=part) for part in run.manifest_parts]
+    elif run.manifest_parts:
+        keys = (key for part in run.manifest_parts for key in read_manifest_part(run.manifest.filesystem, *part))
+        shards = manifest_context_shards(keys, settings)
+    elif options.bbox:
+        shards = bbox_shards(run.input_root, options.bbox, options.zoom, settings)
+    else:
+        shards = discover_shards(run.input_root, settings)
+    if not shards:
+        return ray.data.from_arrow(UNIT_SCHEMA.empty_table())
+    rows = [shard.to_row() for shard in shards]
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        plan_shards, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS,
+        fn_kwargs={"input_root": run.input_root, "output": run.output, "settings": settings,
+                   "manifest": run.manifest})
+
+
+def _tally(batch: pa.Table, counts, failures: FailureLog, samples: PreviewSamples) -> None:
+    for row in batch.to_pylist():
+        if row["status"] == "read":
+            counts["bytes_read"] += row["bytes_read"]
+            counts["tile_bytes"] += row["tile_bytes"]
+            continue
+        counts[row["status"]] += row["count"]
+        if row["status"] == "failed":
+            failures.add(row["key"], row["reason"])
+        else:
+            samples.offer(row["key"])
+    failures.flush()
+
+
+class FailureLog:
+    """Failed tiles streamed to OUTPUT/_failures/<time>.parquet; no file when nothing failed."""
+
+    def __init__(self, output: storage.Location, rows_per_flush: int = 10_000):
+        self.output, self.rows_per_flush = output, rows_per_flush
+        self.pending: list[dict] = []
+        self.writer = self.stream = None
+        self.uri: str | None = None
+
+    def add(self, key: str, reason: str) -> None:
+        self.pending.append({"key": key, "reason": reason})
+
+    def flush(self, force: bool = False) -> None:
+        if not self.pending or (len(self.pending) < self.rows_per_flush and not force):
+            return
+        if self.writer is None:
+            name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}.parquet"
+            target = self.output.join(FAILURES_DIR, name)
+            self.output.filesystem.create_dir(posixpath.dirname(target.path), recursive=True)
+            self.stream = self.output.filesystem.open_output_stream(target.path)
+            self.writer = pq.ParquetWriter(self.stream, FAILURE_SCHEMA)
+            self.uri = target.uri
+        self.writer.write_table(pa.Table.from_pylist(self.pending, schema=FAILURE_SCHEMA))
+        self.pending = []
+
+    def __enter__(self) -> FailureLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.flush(force=True)
+        if self.writer is not None:
+            self.writer.close()
+            self.stream.close()

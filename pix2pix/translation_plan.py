@@ -1,0 +1,356 @@
+"""What a translation run reads and writes: shards of the input listing, done tiles, work units.
+
+Listing a city's prefix in one go is slow and holds every key in one place, so the input is
+cut into shards: XYZ columns (``[prefix/]z/x/``) or, for other layouts, directories a few
+levels down. Each shard is listed by one task, together with its counterpart under the output
+prefix (tiles already written there are skipped), and becomes work units:
+
+- plain: one unit per tile;
+- with context: one unit per block of up to BLOCK_TILES x BLOCK_TILES neighbouring tiles plus
+  the ring of tiles around it. Blocks are aligned to the tile grid and hold every input tile of
+  their cell, whatever is selected or already done, so a tile's output never depends on the run.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import mercantile
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pix2pix import storage
+from pix2pix.tiles import TileKey, parse_tile_key
+from pix2pix.translation import BLOCK_TILES, BadKey, check_key, output_key
+
+DISCOVERY_DEPTH = 3  # "city/17/38591" is a column; deeper layouts are listed as whole trees
+MANIFEST_SHARD_KEYS = 1000
+MAX_REPORTED_KEY = 300
+
+
+@dataclass
+class Shard:
+    dirs: list[str]                 # directories (relative to the input root) to list
+    core: list[str]                 # the subset whose tiles this shard translates
+    recursive: bool = True
+    wanted: list[str] | None = None  # explicit keys (a manifest); None: every listed core tile
+    bbox: list[int] | None = None    # [z, x0, x1, y0, y1]: only core tiles inside
+    manifest: list | None = None     # [file, row group]: the wanted keys are a piece of a manifest
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    image_format: str = "png"
+    margin: int = 0                 # 0: no context, one unit per tile
+    overwrite: bool = False
+    block_tiles: int = BLOCK_TILES
+
+
+@dataclass
+class Unit:
+    """One generator input: a tile, or a context block. ``tiles`` entries are
+    {"key", "col", "row", "write"}; col/row may be -1 or columns/rows for the ring."""
+
+    unit: str
+    key: str
+    tiles: list[dict] = field(default_factory=list)
+    columns: int = 1
+    rows: int = 1
+    margin: int = 0
+    skipped: int = 0
+    reason: str | None = None
+
+
+def list_directory(location: storage.Location) -> tuple[list[str], list[str]]:
+    """(file names, directory names) directly inside a directory; hidden and '_' names left out."""
+    selector = pafs.FileSelector(location.path, recursive=False, allow_not_found=True)
+    files, dirs = [], []
+    for info in location.filesystem.get_file_info(selector):
+        name = posixpath.basename(info.path)
+        if name.startswith((".", "_")):
+            continue
+        if info.type == pafs.FileType.File:
+            files.append(name)
+        elif info.type == pafs.FileType.Directory:
+            dirs.append(name)
+    return sorted(files), sorted(dirs)
+
+
+def _join(root: storage.Location, relative: str) -> storage.Location:
+    return root.join(relative) if relative else root
+
+
+def list_keys(root: storage.Location, relative_dir: str, recursive: bool) -> list[str]:
+    """Relative keys of the files under one directory of ``root``."""
+    location = _join(root, relative_dir)
+    if recursive:
+        return [posixpath.relpath(path, root.path) for path in storage.list_files(location)]
+    files, _ = list_directory(location)
+    return [posixpath.join(relative_dir, name) for name in files]
+
+
+def column_of(relative_dir: str) -> tuple[str, int, int] | None:
+    """(prefix, z, x) when a directory is an XYZ column ``[prefix/]z/x``."""
+    tile = parse_tile_key(relative_dir + "/0.x")
+    if tile is None:
+        return None
+    return _prefix(relative_dir, 2), tile.z, tile.x
+
+
+def _prefix(path: str, parts: int) -> str:
+    return "/".join(path.split("/")[:-parts])
+
+
+def discover_shards(root: storage.Location, settings: PlanSettings) -> list[Shard]:
+    """Walk the top of the input (non-recursive listings only) and cut it into shards."""
+    columns: list[str] = []
+    shards: list[Shard] = []
+    pending = [""]
+    while pending:
+        relative = pending.pop(0)
+        files, dirs = list_directory(_join(root, relative))
+        if files:
+            shards.append(Shard(dirs=[relative], core=[relative], recursive=False))
+        for name in dirs:
+            child = posixpath.join(relative, name)
+            if column_of(child) is not None:
+                columns.append(child)
+            elif child.count("/") + 1 >= DISCOVERY_DEPTH:
+                shards.append(Shard(dirs=[child], core=[child]))
+            else:
+                pending.append(child)
+    if settings.margin == 0:
+        shards += [Shard(dirs=[column], core=[column]) for column in sorted(columns, key=column_of)]
+    else:
+        shards += block_column_shards(columns, settings.block_tiles)
+    return shards
+
+
+def block_column_shards(columns: list[str], block_tiles: int, bbox: list[int] | None = None) -> list[Shard]:
+    """Group XYZ columns into block columns; each also lists the two columns beside it."""
+    by_block: dict[tuple[str, int, int], list[str]] = defaultdict(list)
+    existing = set(columns)
+    for column in columns:
+        prefix, z, x = column_of(column)
+        by_block[prefix, z, x // block_tiles].append(column)
+    shards = []
+    for (prefix, z, block_x), core in sorted(by_block.items()):
+        first, last = block_x * block_tiles - 1, (block_x + 1) * block_tiles
+        names = [posixpath.join(prefix, str(z), str(x)) for x in range(first, last + 1)]
+        shards.append(Shard(dirs=[name for name in names if name in existing], core=sorted(core), bbox=bbox))
+    return shards
+
+
+def bbox_shards(root: storage.Location, bbox: tuple[float, float, float, float], zoom: int,
+                settings: PlanSettings) -> list[Shard]:
+    """Columns of ``root/zoom/x/`` crossing the bbox; one listing finds which exist."""
+    x0 = x1 = y0 = y1 = None
+    for tile in mercantile.tiles(*bbox, zoom):
+        x0, x1 = min(tile.x, x0 if x0 is not None else tile.x), max(tile.x, x1 if x1 is not None else tile.x)
+        y0, y1 = min(tile.y, y0 if y0 is not None else tile.y), max(tile.y, y1 if y1 is not None else tile.y)
+    if x0 is None:
+        return []
+    _, names = list_directory(_join(root, str(zoom)))
+    columns = [f"{zoom}/{name}" for name in names if name.isdigit()]
+    selection = [zoom, x0, x1, y0, y1]
+    if settings.margin == 0:
+        return [Shard(dirs=[c], core=[c], recursive=False, bbox=selection)
+                for c in columns if x0 <= int(c.split("/")[1]) <= x1]
+    block = settings.block_tiles
+    near = [c for c in columns if x0 // block * block - 1 <= int(c.split("/")[1]) <= (x1 // block + 1) * block]
+    return [shard for shard in block_column_shards(near, block, selection)
+            if any(x0 <= int(c.split("/")[1]) <= x1 for c in shard.core)]
+
+
+def manifest_context_shards(keys, settings: PlanSettings) -> list[Shard]:
+    """With --context, a manifest's keys are grouped by block column (held in memory)."""
+    blocks: dict[tuple[str, int, int], list[str]] = defaultdict(list)
+    others: list = []  # unsafe keys go here too, to be recorded by plan_shard
+    for key in keys:
+        try:
+            tile = parse_tile_key(check_key(key))
+        except BadKey:
+            tile = None
+        if tile is None:
+            others.append(key)
+        else:
+            column = posixpath.dirname(key)
+            blocks[_prefix(column, 2), tile.z, tile.x // settings.block_tiles].append(key)
+    shards = []
+    for (prefix, z, block_x), wanted in sorted(blocks.items()):
+        first, last = block_x * settings.block_tiles, (block_x + 1) * settings.block_tiles
+        core = [posixpath.join(prefix, str(z), str(x)) for x in range(first, last)]
+        beside = [posixpath.join(prefix, str(z), str(x)) for x in (first - 1, last) if 0 <= x < 2**z]
+        shards.append(Shard(dirs=sorted(core + beside, key=column_of), core=core, wanted=wanted))
+    for start in range(0, len(others), MANIFEST_SHARD_KEYS):
+        shards.append(Shard(dirs=[], core=[], wanted=others[start:start + MANIFEST_SHARD_KEYS]))
+    return shards
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable or has no ``key`` column."""
+
+
+def manifest_parts(location: storage.Location) -> list[list]:
+    """The pieces of a Parquet or CSV manifest (a file or a folder of them), as [file, row
+    group] (-1 for a CSV file, read whole), so that planning tasks read them in parallel."""
+    if not storage.exists(location):
+        raise ManifestError(f"manifest not found: {location.uri}")
+    files = [location.path] if not storage.is_dir(location) else \
+        sorted(storage.list_files(location, (".parquet", ".csv")))
+    parts = []
+    for path in files:
+        try:
+            if path.lower().endswith(".csv"):
+                columns = _read_csv(location.filesystem, path).column_names
+                parts.append([path, -1])
+            else:
+                with location.filesystem.open_input_file(path) as handle:
+                    metadata = pq.ParquetFile(handle).metadata
+                columns = metadata.schema.names
+                parts += [[path, group] for group in range(metadata.num_row_groups)]
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ManifestError(f"cannot read manifest {path}: {error}") from None
+        if "key" not in columns:
+            raise ManifestError(f"manifest {path} has no 'key' column (columns: {', '.join(columns)})")
+    return parts
+
+
+def read_manifest_part(filesystem: pafs.FileSystem, path: str, row_group: int) -> list:
+    if row_group < 0:
+        return _read_csv(filesystem, path).column("key").to_pylist()
+    with filesystem.open_input_file(path) as handle:
+        return pq.ParquetFile(handle).read_row_group(row_group, columns=["key"]).column("key").to_pylist()
+
+
+def _read_csv(filesystem: pafs.FileSystem, path: str) -> pa.Table:
+    with filesystem.open_input_stream(path) as stream:
+        return pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(column_types={"key": pa.string()}))
+
+
+def done_keys(output: storage.Location, relative_dirs, recursive: bool) -> set[str]:
+    done = set()
+    for relative in relative_dirs:
+        done.update(list_keys(output, relative, recursive))
+    return done
+
+
+def _checked(keys: list) -> tuple[list[Unit], list[str]]:
+    """(failure units for unsafe keys, the safe keys, each once)."""
+    failures, valid = [], []
+    for key in dict.fromkeys(keys):
+        try:
+            valid.append(check_key(key))
+        except BadKey as error:
+            failures.append(Unit(unit=str(key), key=str(key)[:MAX_REPORTED_KEY], reason=str(error)))
+    return failures, valid
+
+
+def _single_units(keys: list[str], done: set[str], settings: PlanSettings) -> list[Unit]:
+    units, skipped = [], []
+    for key in keys:
+        if output_key(key, settings.image_format) in done:
+            skipped.append(key)
+        else:
+            tile = {"key": key, "col": 0, "row": 0, "write": True}
+            units.append(Unit(unit=output_key(key, settings.image_format), key=key, tiles=[tile],
+                              margin=settings.margin))
+    if skipped:
+        units.append(Unit(unit="", key=skipped[0], skipped=len(skipped)))
+    return units
+
+
+def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Location,
+               settings: PlanSettings, manifest: storage.Location | None = None) -> list[Unit]:
+    if shard.manifest:
+        shard = Shard(dirs=[], core=[], wanted=read_manifest_part(manifest.filesystem, *shard.manifest))
+    listed: list[str] = []
+    for relative in shard.dirs:
+        listed += list_keys(input_root, relative, shard.recursive)
+    core = set(shard.core)
+    if shard.wanted is None:
+        units = []
+        wanted = [key for key in listed if _under(key, core, shard.recursive) and _selected(key, shard.bbox)]
+    else:
+        units, wanted = _checked(shard.wanted)
+    if settings.overwrite:
+        done = set()
+    elif shard.dirs:
+        done = done_keys(output, shard.core, shard.recursive)
+    else:
+        done = done_keys(output, sorted({posixpath.dirname(k) for k in wanted}), False)
+    if settings.margin == 0:
+        return units + _single_units(wanted, done, settings)
+    listed_set = set(listed)
+    singles, xyz = [], []
+    for key in wanted:
+        if parse_tile_key(key) is None:
+            singles.append(key)
+        elif key in listed_set:
+            xyz.append(key)
+        else:
+            units.append(Unit(unit=key, key=key, reason="not found in the input listing"))
+    core_tiles = [key for key in listed if _under(key, core, shard.recursive)]
+    return units + _single_units(singles, done, settings) + plan_blocks(listed, core_tiles, xyz, done, settings)
+
+
+def _under(key: str, dirs: set[str], recursive: bool) -> bool:
+    parent = posixpath.dirname(key)
+    if parent in dirs:
+        return True
+    return recursive and any(parent.startswith(d + "/") or d == "" for d in dirs)
+
+
+def _selected(key: str, bbox: list[int] | None) -> bool:
+    if bbox is None:
+        return True
+    tile = parse_tile_key(key)
+    z, x0, x1, y0, y1 = bbox
+    return tile is not None and tile.z == z and x0 <= tile.x <= x1 and y0 <= tile.y <= y1
+
+
+def plan_blocks(listed: list[str], core: list[str], wanted: list[str], done: set[str],
+                settings: PlanSettings) -> list[Unit]:
+    """Context units: group the core XYZ tiles into grid-aligned blocks; each block keeps every
+    core tile of its cell and the listed tiles around it, and writes the wanted, undone ones."""
+    n = settings.block_tiles
+    grid: dict[tuple[str, int], dict[tuple[int, int], str]] = defaultdict(dict)
+    for key in listed:
+        tile = parse_tile_key(key)
+        if tile is not None:
+            grid[_prefix(key, 3), tile.z].setdefault((tile.x, tile.y), key)
+    blocks: dict[tuple[str, int, int, int], list[tuple[TileKey, str]]] = defaultdict(list)
+    for key in core:
+        tile = parse_tile_key(key)
+        if tile is not None and grid[_prefix(key, 3), tile.z].get((tile.x, tile.y)) == key:
+            blocks[_prefix(key, 3), tile.z, tile.x // n, tile.y // n].append((tile, key))
+    wanted_set = set(wanted)
+    units, skipped = [], []
+    for (prefix, z, block_x, block_y), members in sorted(blocks.items()):
+        todo = [key for _, key in members if key in wanted_set
+                and output_key(key, settings.image_format) not in done]
+        skipped += [key for _, key in members if key in wanted_set and key not in todo]
+        if not todo:
+            continue
+        x0, x1 = min(t.x for t, _ in members), max(t.x for t, _ in members)
+        y0, y1 = min(t.y for t, _ in members), max(t.y for t, _ in members)
+        todo_set = set(todo)
+        tiles = [{"key": key, "col": t.x - x0, "row": t.y - y0, "write": key in todo_set} for t, key in members]
+        cells = grid[prefix, z]
+        for y in range(y0 - 1, y1 + 2):
+            for x in range(x0 - 1, x1 + 2):
+                if (x0 <= x <= x1 and y0 <= y <= y1) or (x, y) not in cells:
+                    continue
+                tiles.append({"key": cells[x, y], "col": x - x0, "row": y - y0, "write": False})
+        units.append(Unit(unit=f"{prefix}|{z}|{block_x}|{block_y}", key=todo[0], tiles=tiles,
+                          columns=x1 - x0 + 1, rows=y1 - y0 + 1, margin=settings.margin))
+    if skipped:
+        units.append(Unit(unit="", key=skipped[0], skipped=len(skipped)))
+    return units

@@ -1,0 +1,85 @@
+"""--preview: a picture of a translated region, source and translation side by side."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+from pix2pix import storage
+from pix2pix.data import BadImage, decode_image
+from pix2pix.tiles import TileKey, image_grid, mosaic, parse_tile_key, side_by_side
+from pix2pix.translation import fit_tile, output_key
+
+PREVIEW_TILES = 4     # a 4x4-tile region
+MAX_SAMPLES = 256
+MAX_LOOSE = 6         # rows of source | translation when the keys are not XYZ
+
+
+class PreviewSamples:
+    """A bounded sample of translated keys, enough to choose a region after the run."""
+
+    def __init__(self):
+        self.group: tuple[str, int] | None = None
+        self.tiles: dict[TileKey, str] = {}
+        self.loose: list[str] = []
+
+    def offer(self, key: str) -> None:
+        tile = parse_tile_key(key)
+        if tile is None:
+            if len(self.loose) < MAX_LOOSE:
+                self.loose.append(key)
+            return
+        group = ("/".join(key.split("/")[:-3]), tile.z)
+        self.group = self.group or group
+        if group == self.group and len(self.tiles) < MAX_SAMPLES:
+            self.tiles[tile] = key
+
+
+def write_preview(uri: str, input_root: storage.Location, output: storage.Location, samples: PreviewSamples,
+                  image_format: str, tile_size: int) -> bool:
+    """Write a PNG of a region of the run's tiles; False when no tile could be shown."""
+    pairs = _region_pairs(input_root, output, samples, image_format, tile_size)
+    if not pairs:
+        return False
+    if all(isinstance(k, TileKey) for k in pairs):
+        sources = {k: source for k, (source, _) in pairs.items()}
+        outputs = {k: translated for k, (_, translated) in pairs.items()}
+        picture = side_by_side(mosaic(sources), mosaic(outputs), gap=8, background=(255, 255, 255))
+    else:
+        picture = image_grid([list(pair) for pair in pairs.values()], gap=4, background=(255, 255, 255))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    target = storage.resolve(uri)
+    storage.write_bytes(target.filesystem, target.path, buffer.getvalue())
+    return True
+
+
+def _region_pairs(input_root, output, samples: PreviewSamples, image_format: str, tile_size: int) -> dict:
+    if samples.tiles:
+        # The region starts at the sampled tile nearest the sample's top-left corner.
+        left = min(t.x for t in samples.tiles)
+        top = min(t.y for t in samples.tiles if t.x == left)
+        sample_key = samples.tiles[TileKey(samples.group[1], left, top)]
+        prefix, extension = posixpath.dirname(posixpath.dirname(posixpath.dirname(sample_key))), \
+            posixpath.splitext(sample_key)[1]
+        keys = {
+            TileKey(samples.group[1], x, y): posixpath.join(prefix, f"{samples.group[1]}/{x}/{y}{extension}")
+            for x in range(left, left + PREVIEW_TILES) for y in range(top, top + PREVIEW_TILES)
+        }
+    else:
+        keys = {key: key for key in samples.loose}
+    pairs = {}
+    for name, key in keys.items():
+        source = _load(input_root, key, tile_size)
+        translated = _load(output, output_key(key, image_format), tile_size)
+        if source is not None and translated is not None:
+            pairs[name] = (source, translated)
+    return pairs
+
+
+def _load(root: storage.Location, key: str, tile_size: int):
+    try:
+        return fit_tile(decode_image(storage.read_bytes(root.filesystem, posixpath.join(root.path, key))),
+                        tile_size, "resize")
+    except (OSError, BadImage):
+        return None

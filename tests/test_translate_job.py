@@ -1,0 +1,407 @@
+"""Batch translation end to end: Ray Data on local storage and S3, resume, bad tiles, modes,
+batch independence, context seams on a real scene, a real `ray job submit`, CLI errors."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pix2pix import checkpoint, storage
+from pix2pix.networks import GeneratorConfig, UNetGenerator
+from tests.conftest import REPO, S3_SECRET_KEY
+
+TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px tiles; depth 6 has a dropout block for --stochastic
+GRID = [(x, y) for x in range(10, 13) for y in range(20, 23)]  # 3x3 XYZ tiles at zoom 12
+
+def slow(test):
+    return pytest.mark.slow(pytest.mark.timeout(240)(test))
+
+
+def smooth_image(seed: int, size: int = 64) -> np.ndarray:
+    """Aerial-like smooth content (not noise: noise makes PNG encoding unrepresentatively slow)."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC))
+
+
+def encoded(array: np.ndarray, fmt: str = "JPEG", mode: str | None = None) -> bytes:
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def put(root: str, key: str, data: bytes) -> None:
+    location = storage.resolve(root)
+    storage.write_bytes(location.filesystem, f"{location.path}/{key}", data)
+
+
+def write_grid(root: str, grid=GRID, zoom: int = 12, size: int = 64) -> list[str]:
+    keys = []
+    for index, (x, y) in enumerate(grid):
+        keys.append(f"{zoom}/{x}/{y}.jpg")
+        put(root, keys[-1], encoded(smooth_image(index, size)))
+    return keys
+
+
+def export(uri: str, config: GeneratorConfig = TINY, image_size: int = 64, generator=None) -> str:
+    torch.manual_seed(0)
+    generator = generator or UNetGenerator(config)
+    checkpoint.export_generator(generator, checkpoint.ExportInfo(config, image_size=image_size), storage.resolve(uri))
+    return uri
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    return export(str(tmp_path_factory.mktemp("checkpoint")))
+
+
+def translate(input_uri, output_uri, checkpoint_uri, **options) -> dict:
+    from pix2pix.distributed.translate import TranslateOptions, translate
+
+    options.setdefault("threads", 1)
+    options.setdefault("max_actors", 1)  # one generator process to start per run keeps the tests quick
+    return translate(TranslateOptions(input=input_uri, output=output_uri, checkpoint=checkpoint_uri, **options))
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.*"))
+            if "_failures" not in path.parts}
+
+
+def failures(summary: dict) -> dict[str, str]:
+    location = storage.resolve(summary["failures"])
+    table = pq.read_table(location.path, filesystem=location.filesystem)
+    return dict(zip(table.column("key").to_pylist(), table.column("reason").to_pylist()))
+
+
+def write_manifest(path: Path, keys: list[str]) -> str:
+    pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), path)
+    return str(path)
+
+
+@slow
+def test_local_run_keeps_keys_skips_done_tiles_and_overwrites(ray_session, tiny_checkpoint, tmp_path):
+    keys = write_grid(str(tmp_path / "in")) + ["misc/photo.jpg", "flat.png"]
+    put(str(tmp_path / "in"), "misc/photo.jpg", encoded(smooth_image(50)))
+    put(str(tmp_path / "in"), "flat.png", encoded(smooth_image(51), "PNG"))
+    summary = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint,
+                        preview=str(tmp_path / "preview.png"))
+    assert (summary["tiles"], summary["written"], summary["skipped"], summary["failed"]) == (11, 11, 0, 0)
+    assert list(summary)[:6] == ["tiles", "written", "skipped", "failed", "seconds", "tiles_per_s"]
+    first = outputs(tmp_path / "out")
+    assert sorted(first) == sorted(key.rsplit(".", 1)[0] + ".png" for key in keys)
+    assert all(Image.open(io.BytesIO(data)).size == (64, 64) for data in first.values())
+    preview = Image.open(tmp_path / "preview.png")
+    assert preview.width > 2 * 3 * 64 and preview.height == 3 * 64  # source | translation of the 3x3 grid
+
+    again = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint)
+    assert (again["written"], again["skipped"]) == (0, 11)
+    redone = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint, overwrite=True)
+    assert (redone["written"], redone["skipped"]) == (11, 0)
+    assert outputs(tmp_path / "out") == first
+    assert not list((tmp_path / "out").rglob(".*.tmp"))
+
+
+@slow
+def test_s3_run_with_a_bad_tile_and_no_secret_in_the_summary(ray_session, s3_bucket, tmp_path):
+    root = f"s3://{s3_bucket}"
+    keys = write_grid(f"{root}/sat")
+    put(f"{root}/sat", "12/10/23.jpg", b"")
+    export(f"{root}/model")
+    summary = translate(f"{root}/sat", f"{root}/maps", f"{root}/model", image_format="webp")
+    assert (summary["written"], summary["failed"]) == (9, 1)
+    assert failures(summary) == {"12/10/23.jpg": "empty file"}
+    assert summary["failures"].startswith(f"{root}/maps/_failures/")
+    output = storage.resolve(f"{root}/maps")
+    for key in keys:
+        data = storage.read_bytes(output.filesystem, f"{output.path}/{key[:-4]}.webp")
+        assert Image.open(io.BytesIO(data)).format == "WEBP"
+    assert S3_SECRET_KEY not in json.dumps(summary)
+
+    # --bbox (one listing of the zoom level, then only the crossed columns) with --context, on S3.
+    import mercantile
+
+    west, _, _, north = mercantile.bounds(10, 20, 12)
+    _, south, east, _ = mercantile.bounds(11, 21, 12)
+    inset = 1e-3
+    boxed = translate(f"{root}/sat", f"{root}/boxed", f"{root}/model", bbox=(west + inset, south + inset,
+                      east - inset, north - inset), zoom=12, context=32)
+    assert (boxed["written"], boxed["failed"], boxed["context_pixels"]) == (4, 0, 32)
+    written = storage.resolve(f"{root}/boxed")
+    found = sorted(path.rsplit("/", 3)[-3] + "/" + path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]
+                   for path in storage.list_files(written))
+    assert found == ["12/10/20.png", "12/10/21.png", "12/11/20.png", "12/11/21.png"]
+
+
+@pytest.mark.parametrize("context", [0, 32])
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_stopped_run_resumed_equals_an_uninterrupted_one(ray_session, tiny_checkpoint, tmp_path, context):
+    grid = [(x, y) for x in range(6, 11) for y in range(0, 3)]  # crosses the x=8 block border
+    keys = write_grid(str(tmp_path / "in"), grid)
+    reference = translate(str(tmp_path / "in"), str(tmp_path / "ref"), tiny_checkpoint, context=context)
+    assert reference["written"] == len(keys)
+    half = write_manifest(tmp_path / "half.parquet", keys[::2])
+    stopped = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint, context=context, manifest=half)
+    assert stopped["written"] == len(keys[::2])
+    resumed = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint, context=context)
+    assert (resumed["written"], resumed["skipped"]) == (len(keys) - len(keys[::2]), len(keys[::2]))
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
+
+
+@slow
+def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_checkpoint, tmp_path):
+    good = write_grid(str(tmp_path / "in"))
+    jpeg = encoded(smooth_image(7))
+    bad = {
+        "bad/truncated.jpg": jpeg[: len(jpeg) // 2],
+        "bad/empty.jpg": b"",
+        "bad/text.jpg": b"this is not an image\n",
+        "bad/wrong-size.jpg": encoded(smooth_image(8, size=80)),
+    }
+    for key, data in bad.items():
+        put(str(tmp_path / "in"), key, data)
+    unsafe = ["../outside.jpg", "/etc/passwd", "a%2F..%2Fb.jpg", "nul\x00.jpg", "x" * 2000 + ".jpg"]
+    manifest = write_manifest(tmp_path / "keys.parquet", good + list(bad) + unsafe + ["missing/1.jpg"])
+    summary = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint, manifest=manifest,
+                        on_size="error")
+    assert (summary["written"], summary["failed"]) == (len(good), len(bad) + len(unsafe) + 1)
+    reasons = failures(summary)
+    assert "cannot decode" in reasons["bad/truncated.jpg"]
+    assert reasons["bad/empty.jpg"] == "empty file"
+    assert "not a recognised image" in reasons["bad/text.jpg"]
+    assert "80x80, expected 64x64" in reasons["bad/wrong-size.jpg"]
+    assert reasons["missing/1.jpg"] == "not found"
+    assert "'..'" in reasons["../outside.jpg"] and "absolute" in reasons["/etc/passwd"]
+    assert "URL-encoded" in reasons["a%2F..%2Fb.jpg"] and "NUL" in reasons["nul\x00.jpg"]
+    assert any("longer than" in reason for reason in reasons.values())
+    assert not (tmp_path / "outside.png").exists()
+    assert sorted(outputs(tmp_path / "out")) == sorted(key[:-4] + ".png" for key in good)
+
+    # The CLI turns too many failures into one line and a non-zero exit, after the summary.
+    job = _load_job_module()
+    argv = ["translate.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"),
+            "--checkpoint", tiny_checkpoint, "--manifest", manifest, "--threads", "1",
+            "--max-failed-fraction", "0.2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        with pytest.raises(Exception, match=r"tiles failed, more than --max-failed-fraction 0.2"):
+            job.main()
+
+
+def _load_job_module():
+    spec = importlib.util.spec_from_file_location("translate_job", REPO / "jobs" / "translate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@slow
+def test_every_convertible_mode_is_translated(ray_session, tiny_checkpoint, tmp_path):
+    image = smooth_image(3)
+    gray16 = (np.asarray(Image.fromarray(image).convert("L"), np.uint16) * 257)
+    tiles = {
+        "modes/l.png": encoded(image, "PNG", "L"),
+        "modes/la.png": encoded(image, "PNG", "LA"),
+        "modes/p.png": encoded(image, "PNG", "P"),
+        "modes/rgba.png": encoded(image, "PNG", "RGBA"),
+        "modes/i16.png": encoded(gray16, "PNG"),
+        "modes/cmyk.jpg": encoded(image, "JPEG", "CMYK"),
+    }
+    for key, data in tiles.items():
+        put(str(tmp_path / "in"), key, data)
+    summary = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint)
+    assert (summary["written"], summary["failed"]) == (len(tiles), 0)
+    written = outputs(tmp_path / "out")
+    assert all(Image.open(io.BytesIO(data)).mode == "RGB" for data in written.values())
+
+
+@slow
+def test_a_tile_never_depends_on_batch_mates_batch_size_or_actors(ray_session, tiny_checkpoint, tmp_path):
+    put(str(tmp_path / "a"), "12/0/0.jpg", encoded(smooth_image(99)))
+    write_grid(str(tmp_path / "a"), [(1, y) for y in range(4)])
+    put(str(tmp_path / "b"), "12/0/0.jpg", encoded(smooth_image(99)))
+    write_grid(str(tmp_path / "b"), [(2, y) for y in range(7)], zoom=12)
+    runs = {
+        "a": translate(str(tmp_path / "a"), str(tmp_path / "a-out"), tiny_checkpoint, batch_size=8),
+        "b": translate(str(tmp_path / "b"), str(tmp_path / "b-out"), tiny_checkpoint, batch_size=16,
+                       min_actors=2, max_actors=2),
+    }
+    assert runs["b"]["actors"] == [2, 2] and (runs["a"]["batch_size"], runs["b"]["batch_size"]) == (8, 16)
+    tile = "12/0/0.png"
+    assert (tmp_path / "a-out" / tile).read_bytes() == (tmp_path / "b-out" / tile).read_bytes()
+
+    stochastic = [translate(str(tmp_path / name), str(tmp_path / f"{name}-stochastic"), tiny_checkpoint,
+                            stochastic=True, seed=5, batch_size=size) for name, size in (("a", 8), ("b", 16))]
+    assert all(run["written"] for run in stochastic)
+    noisy = (tmp_path / "a-stochastic" / tile).read_bytes()
+    assert noisy == (tmp_path / "b-stochastic" / tile).read_bytes()
+    assert noisy != (tmp_path / "a-out" / tile).read_bytes()
+
+
+def fitted_generator(config: GeneratorConfig, recife: Path, steps: int = 60) -> UNetGenerator:
+    """A generator fitted for a few L1 steps on real pairs: a fresh one outputs texture-like
+    noise with no seams to speak of; a lightly fitted one paints map-like regions, and
+    translating tiles alone shows their borders."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for source in sorted(glob.glob(str(recife / "train" / "sat" / "*.jpg")))[:64]:
+        target = source.replace("/sat/", "/map/").replace(".jpg", ".png")
+        pairs.append((np.asarray(Image.open(source).convert("RGB")), np.asarray(Image.open(target).convert("RGB"))))
+    generator = UNetGenerator(config)
+    optimizer = torch.optim.Adam(generator.parameters(), 2e-3, betas=(0.5, 0.999))
+    for _ in range(steps):
+        crops = []
+        for _ in range(8):
+            source, target = pairs[rng.integers(len(pairs))]
+            i, j = rng.integers(0, 256 - 64, 2)
+            crops.append((source[i:i + 64, j:j + 64], target[i:i + 64, j:j + 64]))
+        x, y = (torch.from_numpy(np.stack(side)).permute(0, 3, 1, 2).float() / 127.5 - 1 for side in zip(*crops))
+        loss = (generator(x) - y).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return generator.eval()
+
+
+def border_and_inside_differences(mosaic: np.ndarray, tile: int) -> tuple[float, float]:
+    """Mean absolute difference between horizontally adjacent pixel columns: across tile
+    borders, and inside tiles."""
+    steps = np.abs(np.diff(mosaic.astype(np.float32), axis=1)).mean(axis=(0, 2))
+    borders = np.arange(tile - 1, len(steps), tile)
+    return float(steps[borders].mean()), float(np.delete(steps, borders).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_context_removes_seams_on_a_real_scene(ray_session, recife, tmp_path):
+    scene = np.asarray(Image.open(recife / "scenes" / "01.jpg").convert("RGB"))
+    size, columns, rows, x0 = 256, 12, 3, 4  # x 4..15 crosses the block border at x = 8
+    for column in range(columns):
+        for row in range(rows):
+            tile = scene[row * size:(row + 1) * size, column * size:(column + 1) * size]
+            put(str(tmp_path / "in"), f"16/{x0 + column}/{row}.jpg", encoded(np.ascontiguousarray(tile)))
+    config = GeneratorConfig(ngf=8, depth=6)
+    model = export(str(tmp_path / "model"), config, image_size=size, generator=fitted_generator(config, recife))
+
+    def mosaic(output: Path) -> np.ndarray:
+        return np.concatenate([
+            np.concatenate([np.asarray(Image.open(output / f"16/{x0 + c}/{r}.png")) for c in range(columns)], axis=1)
+            for r in range(rows)])
+
+    alone = translate(str(tmp_path / "in"), str(tmp_path / "alone"), model)
+    context = translate(str(tmp_path / "in"), str(tmp_path / "context"), model, context=32)
+    assert alone["written"] == context["written"] == columns * rows
+    assert context["context_pixels"] == 32 and context["read_ratio"] <= 1.6
+    alone_border, alone_inside = border_and_inside_differences(mosaic(tmp_path / "alone"), size)
+    context_border, context_inside = border_and_inside_differences(mosaic(tmp_path / "context"), size)
+    assert alone_border > 1.25 * alone_inside, (alone_border, alone_inside)       # seams without context
+    assert context_border < 1.15 * context_inside, (context_border, context_inside)  # none with it
+    assert context_border < 0.75 * alone_border
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_real_job_submission(tiny_checkpoint, tmp_path):
+    from tests.ray_head import ray_head, submit
+
+    write_grid(str(tmp_path / "in"))
+    with ray_head() as (_, client_env):
+        completed = submit(client_env, str(REPO), "python", "jobs/translate.py", "--input", str(tmp_path / "in"),
+                           "--output", f"file://{tmp_path}/out", "--checkpoint", tiny_checkpoint,
+                           "--threads", "1", timeout=360)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert re.search(r"Job '\S+' succeeded", completed.stdout), completed.stdout[-3000:]
+    assert len(outputs(tmp_path / "out")) == len(GRID)
+    assert '"written": 9' in completed.stdout
+
+
+# ---- the command line: mistakes end in one line, before Ray starts ----------------------------
+
+def run_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "jobs" / "translate.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_help_documents_every_flag():
+    completed = run_job("--help")
+    assert completed.returncode == 0
+    for flag in ("--input", "--output", "--checkpoint", "--manifest", "--bbox", "--zoom", "--format", "--image-size",
+                 "--on-size", "--context", "--stochastic", "--seed", "--precision", "--threads", "--batch-size",
+                 "--actors", "--min-actors", "--max-actors", "--gpu", "--cpu", "--overwrite",
+                 "--max-failed-fraction", "--preview"):
+        assert flag in completed.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--input", "x"], 2, "give --input, --output and --checkpoint together"),
+    (["--input", "ftp://host/tiles", "--output", "/tmp/o", "--checkpoint", "/tmp/c"], 1, "unsupported URI scheme"),
+])
+def test_bad_flags_and_uris_are_one_line(args, code, message):
+    completed = run_job(*args)
+    lines = completed.stderr.strip().splitlines()
+    assert completed.returncode == code and len(lines) == 1 and message in lines[0], completed.stderr
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path, tiny_checkpoint):
+    write_grid(str(tmp_path / "in"), GRID[:1])
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "generator.safetensors").write_bytes(b"garbage")
+    (tmp_path / "corrupt" / "generator.json").write_text(Path(tiny_checkpoint, "generator.json").read_text())
+    completed = run_job("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                        "--checkpoint", str(tmp_path / "corrupt"))
+    lines = completed.stderr.strip().splitlines()
+    assert completed.returncode == 1 and len(lines) == 1 and "cannot read generator.safetensors" in lines[0]
+
+
+def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoint):
+    """The job runs check_run before starting Ray, and cli.run prints its errors as one line."""
+    from pix2pix.distributed.translate import TranslateOptions, check_run
+    from pix2pix.tiles import parse_bbox
+
+    write_grid(str(tmp_path / "in"), GRID[:1])
+    base = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "checkpoint": tiny_checkpoint}
+    (tmp_path / "keys.csv").write_text("path\n12/10/20.jpg\n")
+    for changes, message in (
+        ({"input": str(tmp_path / "missing")}, "input not found"),
+        ({"output": str(tmp_path / "in" / "maps")}, "must not be the input or inside it"),
+        ({"checkpoint": str(tmp_path / "missing")}, "checkpoint not found"),
+        ({"image_size": 100}, "not a multiple of 2^6"),
+        ({"context": 100}, "more than one 64 px tile"),
+        ({"manifest": str(tmp_path / "none.parquet")}, "manifest not found"),
+        ({"manifest": str(tmp_path / "keys.csv")}, "no 'key' column"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_run(TranslateOptions(**{**base, **changes}))
+    with pytest.raises(ValueError, match="bbox must be"):
+        parse_bbox("1,2,3")
+
+
+def test_the_demo_says_what_to_run_first(tmp_path):
+    import os
+
+    env = {**os.environ, "PIX2PIX_DEMO_ROOT": str(tmp_path)}
+    run = [sys.executable, str(REPO / "jobs" / "translate.py")]
+    completed = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode == 1 and "python jobs/prepare.py" in completed.stderr
+    (tmp_path / "tiles" / "sat" / "1" / "0").mkdir(parents=True)
+    completed = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
+    assert completed.returncode == 1 and "python jobs/train.py" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
