@@ -71,10 +71,13 @@ def _ssim_kernel(height: int, width: int) -> int:
     return size if size % 2 == 1 else size - 1
 
 
+PSNR_CAP_DB = 100.0  # an exact match (a flat all-sea tile) would make the mean +inf
+
+
 def _psnr_per_image(pred: Tensor, target: Tensor) -> Tensor:
     return peak_signal_noise_ratio(
         to_unit(pred), to_unit(target), data_range=1.0, reduction="none", dim=(1, 2, 3)
-    ).reshape(-1)
+    ).reshape(-1).clamp(max=PSNR_CAP_DB)
 
 
 def _ssim_per_image(pred: Tensor, target: Tensor) -> Tensor:
@@ -100,7 +103,7 @@ def l1(pred: Tensor, target: Tensor) -> float:
 
 
 def psnr(pred: Tensor, target: Tensor) -> float:
-    """Mean over images of per-image PSNR in dB on [0, 1]; +inf if all images match exactly."""
+    """Mean over images of per-image PSNR in dB on [0, 1], each capped at PSNR_CAP_DB."""
     pred, target = _pair(pred, target)
     return _psnr_per_image(pred, target).double().mean().item()
 
@@ -133,9 +136,13 @@ def palette_classes(images: Tensor, palette: Mapping[str, tuple[int, int, int]])
     images = _as_batch(images.detach())
     rgb = images if images.dtype == torch.uint8 else to_uint8(images)
     colours = torch.tensor(list(palette.values()), dtype=torch.int32, device=rgb.device)  # (K, 3)
-    pixels = rgb.int().permute(0, 2, 3, 1).unsqueeze(-2)  # (N, H, W, 1, 3)
-    distances = ((pixels - colours) ** 2).sum(dim=-1)  # (N, H, W, K)
-    return distances.argmin(dim=-1)
+    # Classify each distinct colour once: maps have a handful, outputs far fewer than pixels.
+    channels = rgb.int()
+    codes = (channels[:, 0] << 16) | (channels[:, 1] << 8) | channels[:, 2]  # (N, H, W)
+    distinct, inverse = torch.unique(codes, return_inverse=True)
+    distinct_rgb = torch.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], dim=-1)  # (U, 3)
+    distances = ((distinct_rgb.unsqueeze(1) - colours) ** 2).sum(dim=-1)  # (U, K)
+    return distances.argmin(dim=-1)[inverse]
 
 
 def _iou_counts(pred: Tensor, target: Tensor, palette: Mapping) -> tuple[Tensor, Tensor]:
