@@ -45,7 +45,7 @@ def parse_args(argv=None):
     where.add_argument("--manifest", help="Parquet or CSV file (or folder) with a 'key' column of keys "
                        "relative to --input: translate these instead of listing the input")
     where.add_argument("--bbox", help="W,S,E,N in degrees: only the XYZ tiles INPUT/ZOOM/x/y.* covering this "
-                       "box (needs --zoom)")
+                       "box (needs --zoom); write --bbox=W,S,E,N when W starts with '-'")
     where.add_argument("--zoom", type=int, help="zoom level of --bbox")
     how = parser.add_argument_group("how")
     how.add_argument("--format", dest="image_format", choices=tuple(OUTPUT_EXTENSIONS), default="png",

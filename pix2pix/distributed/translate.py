@@ -91,17 +91,19 @@ def plan_resources(options: TranslateOptions) -> Resources:
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 1), int(cluster.get("GPU", 0))
     use_gpu = gpus > 0 if options.gpu is None else options.gpu
-    if use_gpu and gpus == 0:
-        raise TranslateError("--gpu given but the Ray cluster has no GPUs")
     threads = options.threads or (2 if use_gpu else 1)
     low = options.min_actors or 1
-    high = max(options.max_actors or (gpus if use_gpu else max(1, int(cpus // threads))), low)
-    if use_gpu and high > gpus:
-        raise TranslateError(f"{high} GPU actors asked for, but the cluster has {gpus} GPUs")
     if use_gpu:
+        # An autoscaling cluster may have no GPU node yet: the pool's actors then wait for the
+        # nodes they ask for, so --gpu plans --max-actors (default: the GPUs present, at least 1).
+        high = max(options.max_actors or max(gpus, 1), low)
         actor_cpus = 1.0
-        io_actors = max(1, int((cpus - high * actor_cpus - IO_CPUS) / (2 * IO_CPUS)))
+        spare = cpus - min(high, gpus) * actor_cpus - IO_CPUS
+        # Every spare CPU, and at least two read and two write actors per GPU actor even when the
+        # CPUs are not there yet (the autoscaler adds CPU nodes for them).
+        io_actors = max(int(spare / (2 * IO_CPUS)), 2 * high)
     else:
+        high = max(options.max_actors or max(1, int(cpus // threads)), low)
         io_actors = max(1, math.ceil(high / 4))  # PNG encoding is ~1/6 of a CPU generator's work
         # Leave room for the read and write actors and one planning task.
         actor_cpus = min(float(threads), max(0.1, (cpus - (2 * io_actors + 1) * IO_CPUS) / high))
