@@ -11,7 +11,6 @@ With no flags, translates the demo tiles with the demo run's latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -26,17 +25,8 @@ DEMO_CHECKPOINT = os.path.join(defaults.DEMO_RUNS, defaults.DEMO_RUN_NAME)
 DEMO_PREVIEW = defaults.DEMO_TRANSLATED + "-preview.png"
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, but not the None/False of optional flags."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False):
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     where = parser.add_argument_group("what to translate")
     where.add_argument("--input", help="prefix holding the source tiles: local folder, file:// or s3:// URI")
     where.add_argument("--output", help="prefix the translated tiles are written under, same relative keys")

@@ -111,14 +111,16 @@ def load_size_for(image_size: int) -> int:
     return int(round(image_size * 286 / 256))
 
 
-def paired_transform(image_size: int, train: bool, seed: int | None = None) -> A.Compose:
+def paired_transform(image_size: int, train: bool, seed: int | None = None,
+                     target_interpolation: int = cv2.INTER_NEAREST) -> A.Compose:
     """The paper's augmentation, identical for source and target: resize to 286, random
     crop 256, random horizontal flip. Evaluation and inference: resize only.
 
     The target is resized with nearest-neighbour interpolation: maps are flat colours, and a
     cubic resize invents in-between colours along every class edge (2.5% of a Recife map's
-    pixels), which the generator would then learn to paint."""
-    interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": cv2.INTER_NEAREST}
+    pixels), which the generator would then learn to paint. (The paper's code resizes both
+    bicubically: ``target_interpolation=cv2.INTER_CUBIC``.)"""
+    interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": target_interpolation}
     if train:
         load = load_size_for(image_size)
         steps = [
