@@ -1,0 +1,178 @@
+"""Quality on real data at equal wall time: the project's training defaults against the
+paper's plain recipe, on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
+
+    python bench/quality_bench.py --minutes 20 --seeds 0 1
+
+For each seed the two recipes train side by side, each in its own process pinned to its own
+CPU core with one torch thread, for the same wall-time budget (same machine, same moment, so
+background load hits both alike). Both use the library's training step (pix2pix.training)
+on pairs decoded once up front; augmentation runs inside the budget. Then every model is
+evaluated on the whole val split (pix2pix.evaluation): the baseline the paper's way (dropout
+on, batch statistics, batch size 1) and in eval mode, the better one reported; the project's
+model in eval mode, at the end of the budget and at the last export with no more training
+pairs seen than the baseline's total (equal data). Prints one table; writes grids and the
+per-run JSON under --work (outside the repository: they derive from the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+RECIFE = REPO.parent / "shared" / "data" / "recife"
+EXPORT_EVERY_PAIRS = 96
+
+
+def recipe(name: str, seed: int):
+    """(TrainConfig, target interpolation) of a recipe."""
+    import cv2
+
+    from pix2pix.training import TrainConfig
+
+    if name == "paper":  # Isola et al.: batch 1, batch norm, fp32, bicubic resize of both images
+        return TrainConfig(norm="batch", batch_size=1, precision="fp32", seed=seed), cv2.INTER_CUBIC
+    return TrainConfig(seed=seed), cv2.INTER_NEAREST  # the project's defaults
+
+
+def load_pairs(split: str) -> list:
+    import numpy as np
+    from PIL import Image
+
+    pairs = []
+    for source in sorted(glob.glob(str(RECIFE / split / "sat" / "*.jpg"))):
+        target = source.replace("/sat/", "/map/").replace(".jpg", ".png")
+        pairs.append(tuple(np.asarray(Image.open(path).convert("RGB")) for path in (source, target)))
+    return pairs
+
+
+def train(name: str, seed: int, minutes: float, core: int, out: Path) -> dict:
+    """One recipe for one budget on one core; exports the generator every EXPORT_EVERY_PAIRS."""
+    import numpy as np
+    import torch
+
+    from pix2pix import checkpoint, storage
+    from pix2pix.data import augment_pair, paired_transform
+    from pix2pix.precision import set_threads
+    from pix2pix.training import Pix2Pix
+
+    os.sched_setaffinity(0, {core})
+    set_threads(1)
+    config, target_interpolation = recipe(name, seed)
+    pairs = load_pairs("train")
+    transform = paired_transform(config.image_size, train=True, seed=seed, target_interpolation=target_interpolation)
+    model = Pix2Pix(config)
+    rng = np.random.default_rng(seed)
+
+    def export(label: str, seen: int) -> None:
+        info = checkpoint.ExportInfo(config.generator_config(), image_size=config.image_size, step=model.step,
+                                     extra={"pairs_seen": seen, "recipe": name})
+        checkpoint.export_generator(model.generator, info, storage.resolve(str(out / label)))
+
+    started = time.monotonic()
+    deadline = started + 60 * minutes
+    seen, exports, losses = 0, [], []
+    while time.monotonic() < deadline:
+        order = rng.permutation(len(pairs))
+        for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
+            batch = [augment_pair(transform, *pairs[i]) for i in order[start:start + config.batch_size]]
+            source, target = (torch.from_numpy(np.stack(side)).permute(0, 3, 1, 2) for side in zip(*batch))
+            losses.append({k: float(v) for k, v in model.train_step(source, target).items()})
+            seen += config.batch_size
+            if seen // EXPORT_EVERY_PAIRS > len(exports):
+                exports.append(seen)
+                export(f"pairs-{seen:05d}", seen)
+            if time.monotonic() >= deadline:
+                break
+        else:
+            model.end_epoch()  # lr stays constant: the budget is far below the paper's 100 epochs
+    export("final", seen)
+    last = losses[-50:]
+    return {"recipe": name, "seed": seed, "pairs_seen": seen, "steps": model.step,
+            "seconds": time.monotonic() - started, "exports": exports,
+            "pairs_per_s": seen / (time.monotonic() - started),
+            "final_losses": {k: sum(x[k] for x in last) / len(last) for k in last[0]}}
+
+
+def evaluate(export: Path, paper_mode: bool, grid: Path) -> dict:
+    from pix2pix.evaluation import EvaluateOptions, evaluate as run
+
+    return run(EvaluateOptions(data=str(RECIFE), checkpoint=str(export), palette="recife", threads=os.cpu_count(),
+                               paper_mode=paper_mode, batch_size=1 if paper_mode else 8, grid=str(grid),
+                               grid_count=6))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--work", default="/tmp/pix2pix-quality-bench")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # recipe seed core out
+    args = parser.parse_args()
+    if args.child:
+        name, seed, core, out = args.child
+        result = train(name, int(seed), args.minutes, int(core), Path(out))
+        (Path(out) / "train.json").write_text(json.dumps(result))
+        return
+    if not RECIFE.is_dir():
+        raise SystemExit(f"needs the Recife pairs in {RECIFE}")
+    work = Path(args.work)
+    rows = []
+    for seed in args.seeds:
+        runs = {}
+        for core, name in enumerate(("paper", "project")):
+            out = work / f"{name}-seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            runs[name] = (out, subprocess.Popen([sys.executable, __file__, "--minutes", str(args.minutes),
+                                                 "--child", name, str(seed), str(core % os.cpu_count()), str(out)]))
+        for name, (out, process) in runs.items():
+            if process.wait():
+                raise SystemExit(f"{name} seed {seed} failed")
+        paper = json.loads((work / f"paper-seed{seed}" / "train.json").read_text())
+        project = json.loads((work / f"project-seed{seed}" / "train.json").read_text())
+        paper_out, project_out = work / f"paper-seed{seed}", work / f"project-seed{seed}"
+        baseline = {mode: evaluate(paper_out / "final", mode == "paper", paper_out / f"grid-{mode}.png")
+                    for mode in ("paper", "eval")}
+        best_mode = max(baseline, key=lambda mode: baseline[mode]["miou"])
+        equal = [n for n in project["exports"] if n <= paper["pairs_seen"]]
+        rows.append({
+            "seed": seed, "paper": paper, "project": project, "baseline_mode": best_mode,
+            "baseline": baseline[best_mode], "baseline_other": baseline["eval" if best_mode == "paper" else "paper"],
+            "equal_time": evaluate(project_out / "final", False, project_out / "grid-final.png"),
+            "equal_pairs": evaluate(project_out / f"pairs-{equal[-1]:05d}", False, project_out / "grid-equal.png")
+            if equal else None,
+            "equal_pairs_seen": equal[-1] if equal else None,
+        })
+        (work / "results.json").write_text(json.dumps(rows, indent=1))
+    report(rows, args.minutes)
+
+
+def report(rows: list[dict], minutes: float) -> None:
+    def line(label: str, run: dict, pairs: int | None) -> str:
+        ious = " ".join(f"{name[:4]} {value:.2f}" for name, value in run["per_class_iou"].items())
+        return (f"  {label:34s} pairs {pairs or 0:5d} | mIoU {run['miou']:.3f} | pixel acc {run['pixel_accuracy']:.3f}"
+                f" | L1 {run['l1']:.3f} PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} | {ious}")
+
+    print(f"\nRecife val (100 pairs, 256 px), {minutes:g} min of training per run, one core and one thread each")
+    for row in rows:
+        print(f"seed {row['seed']}: paper {row['paper']['pairs_per_s']:.3f} pairs/s, "
+              f"project {row['project']['pairs_per_s']:.3f} pairs/s")
+        print(line(f"paper recipe ({row['baseline_mode']} mode, the better)", row["baseline"],
+                   row["paper"]["pairs_seen"]))
+        other = "eval" if row["baseline_mode"] == "paper" else "paper"
+        print(line(f"paper recipe ({other} mode)", row["baseline_other"], row["paper"]["pairs_seen"]))
+        print(line("project defaults, equal time", row["equal_time"], row["project"]["pairs_seen"]))
+        if row["equal_pairs"]:
+            print(line("project defaults, equal pairs", row["equal_pairs"], row["equal_pairs_seen"]))
+
+
+if __name__ == "__main__":
+    main()
