@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RECIFE = REPO.parent / "shared" / "data" / "recife"
-EXPORT_EVERY_PAIRS = 96
+EXPORT_EVERY_PAIRS = 100
 
 
 def recipe(name: str, seed: int):
@@ -159,6 +159,7 @@ def report(rows: list[dict], minutes: float) -> None:
     def line(label: str, run: dict, pairs: int | None) -> str:
         ious = " ".join(f"{name[:4]} {value:.2f}" for name, value in run["per_class_iou"].items())
         return (f"  {label:34s} pairs {pairs or 0:5d} | mIoU {run['miou']:.3f} | pixel acc {run['pixel_accuracy']:.3f}"
+                f" (snapped to the palette {run['pixel_accuracy_snapped']:.3f})"
                 f" | L1 {run['l1']:.3f} PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} | {ious}")
 
     print(f"\nRecife val (100 pairs, 256 px), {minutes:g} min of training per run, one core and one thread each")

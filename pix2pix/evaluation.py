@@ -324,6 +324,7 @@ def evaluate(options: EvaluateOptions) -> dict:
         summary["per_class_iou"] = {name: _number(result.metrics[f"IoU/{name}"])
                                     for name in palette if f"IoU/{name}" in result.metrics}
         summary["miou"] = _number(result.metrics.get("mIoU", math.nan))
+        summary["pixel_accuracy_snapped"] = _number(result.metrics["pixel_accuracy_snapped"])
         summary["target_off_palette"] = _number(result.target_off_palette)
     summary["grid"] = options.grid if result.grid_rows else None
     summary["seconds"] = round(time.perf_counter() - started, 2)

@@ -145,10 +145,18 @@ def palette_classes(images: Tensor, palette: Mapping[str, tuple[int, int, int]])
     return distances.argmin(dim=-1)[inverse]
 
 
-def _iou_counts(pred: Tensor, target: Tensor, palette: Mapping) -> tuple[Tensor, Tensor]:
+def snap_to_palette(images: Tensor, palette: Mapping[str, tuple[int, int, int]]) -> Tensor:
+    """Every pixel replaced by its nearest palette colour -> uint8 (N, 3, H, W): a colour-coded
+    map with exact class colours (a generator only approaches them)."""
+    colours = torch.tensor(list(palette.values()), dtype=torch.uint8, device=images.device)
+    return colours[palette_classes(images, palette)].permute(0, 3, 1, 2).contiguous()
+
+
+def _iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
+                pred_cls: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-class intersection and union pixel counts, each a float64 tensor of length K."""
     k = len(palette)
-    pred_cls = palette_classes(pred, palette).reshape(-1)
+    pred_cls = (palette_classes(pred, palette) if pred_cls is None else pred_cls).reshape(-1)
     target_cls = palette_classes(target, palette).reshape(-1)
     pred_count = torch.bincount(pred_cls, minlength=k)
     target_count = torch.bincount(target_cls, minlength=k)
@@ -204,6 +212,8 @@ class MetricAccumulator:
             "ssim_sum": 0.0,
             "image_count": 0.0,
         }
+        if self.palette:
+            self._totals["snapped_correct_pixels"] = 0.0
         for name in self.palette or ():
             self._totals[f"intersection/{name}"] = 0.0
             self._totals[f"union/{name}"] = 0.0
@@ -221,7 +231,11 @@ class MetricAccumulator:
         t["ssim_sum"] += _ssim_per_image(pred, target).double().sum().item()
         t["image_count"] += pred.shape[0]
         if self.palette:
-            intersection, union = _iou_counts(pred, target, self.palette)
+            pred_cls = palette_classes(pred, self.palette)
+            colours = torch.tensor(list(self.palette.values()), dtype=torch.float32) / 127.5 - 1.0
+            snapped = colours.to(pred.device)[pred_cls].permute(0, 3, 1, 2)
+            t["snapped_correct_pixels"] += _correct_pixels(snapped, target, self.tolerance).sum().item()
+            intersection, union = _iou_counts(pred, target, self.palette, pred_cls)
             for name, i, u in zip(self.palette, intersection.tolist(), union.tolist()):
                 t[f"intersection/{name}"] += i
                 t[f"union/{name}"] += u
@@ -246,6 +260,8 @@ class MetricAccumulator:
             "RMSE": math.sqrt(totals["squared_error_255_sum"] / totals["value_count"]),
             "pixel_accuracy": totals["correct_pixels"] / totals["pixel_count"],
         }
+        if "snapped_correct_pixels" in totals:  # pixel accuracy of the output snapped to the palette
+            result["pixel_accuracy_snapped"] = totals["snapped_correct_pixels"] / totals["pixel_count"]
         names = [key.split("/", 1)[1] for key in totals if key.startswith("intersection/")]
         ious = _iou_from_counts(
             names,

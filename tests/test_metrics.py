@@ -11,6 +11,7 @@ from pix2pix.metrics import (
     class_iou,
     l1,
     palette_classes,
+    snap_to_palette,
     pixel_accuracy,
     psnr,
     rmse,
@@ -124,6 +125,7 @@ def expected_on(pred, target):
         "SSIM": ssim(pred, target),
         "RMSE": rmse(pred, target),
         "pixel_accuracy": pixel_accuracy(pred, target),
+        "pixel_accuracy_snapped": pixel_accuracy(from_uint8(snap_to_palette(pred, RECIFE_PALETTE)), target),
     }
     for name, value in class_iou(pred, target, RECIFE_PALETTE).items():
         expected[name if name == "mIoU" else f"IoU/{name}"] = value
@@ -190,3 +192,17 @@ def test_ssim_on_tiny_images():
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         l1(random_images(60, size=8), random_images(61, size=16))
+
+
+def test_snapping_to_the_palette_gives_exact_class_colours_and_its_own_accuracy():
+    target = torch.tensor(RECIFE_PALETTE["water"], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 16, 16).clone()
+    target[:, :, :8, :8] = torch.tensor(RECIFE_PALETTE["road"], dtype=torch.uint8).view(3, 1, 1)
+    pred = target.clone().int()
+    pred[:, :, 8:, 8:] += torch.tensor([20, -20, -20]).view(3, 1, 1)  # drifted: still water, not within 5
+    pred = pred.clamp(0, 255).to(torch.uint8)
+    snapped = snap_to_palette(pred, RECIFE_PALETTE)
+    assert torch.equal(snapped, target)
+    accumulator = MetricAccumulator(palette=RECIFE_PALETTE)
+    accumulator.update(from_uint8(pred), from_uint8(target))
+    summary = MetricAccumulator.summarize(accumulator.totals())
+    assert summary["pixel_accuracy"] == 0.75 and summary["pixel_accuracy_snapped"] == 1.0
