@@ -1,5 +1,6 @@
-"""Quality on real data at equal wall time: the project's training defaults against the
-paper's plain recipe, on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
+"""Quality on real data at equal wall time: a compact recipe (the paper's model at half width,
+ngf = ndf = 32, instance norm, exact-colour target resize) against the paper's plain recipe,
+on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
 
     python bench/quality_bench.py --minutes 20 --seeds 0 1
 
@@ -9,9 +10,10 @@ background load hits both alike). Both use the library's training step (pix2pix.
 on pairs decoded once up front; augmentation runs inside the budget. Then every model is
 evaluated on the whole val split (pix2pix.evaluation): the baseline the paper's way (dropout
 on, batch statistics, batch size 1) and in eval mode, the better one reported; the project's
-model in eval mode, at the end of the budget and at the last export with no more training
-pairs seen than the baseline's total (equal data). Prints one table; writes grids and the
-per-run JSON under --work (outside the repository: they derive from the data).
+model in eval mode, at the end of the budget, and again trained from the start (same seed)
+and stopped at exactly the baseline's number of training pairs (equal data; these runs go
+two at a time, one per seed). Prints one table; writes grids and the per-run JSON under
+--work (outside the repository: they derive from the data).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 RECIFE = REPO.parent / "shared" / "data" / "recife"
-EXPORT_EVERY_PAIRS = 100
 
 
 def recipe(name: str, seed: int):
@@ -39,8 +40,9 @@ def recipe(name: str, seed: int):
     from pix2pix.training import TrainConfig
 
     if name == "paper":  # Isola et al.: batch 1, batch norm, fp32, bicubic resize of both images
-        return TrainConfig(norm="batch", batch_size=1, precision="fp32", seed=seed), cv2.INTER_CUBIC
-    return TrainConfig(seed=seed), cv2.INTER_NEAREST  # the project's defaults
+        paper = TrainConfig(ngf=64, ndf=64, norm="batch", batch_size=1, precision="fp32", seed=seed)
+        return paper, cv2.INTER_CUBIC
+    return TrainConfig(ngf=32, ndf=32, seed=seed), cv2.INTER_NEAREST  # "project": the compact recipe
 
 
 def load_pairs(split: str) -> list:
@@ -54,8 +56,8 @@ def load_pairs(split: str) -> list:
     return pairs
 
 
-def train(name: str, seed: int, minutes: float, core: int, out: Path) -> dict:
-    """One recipe for one budget on one core; exports the generator every EXPORT_EVERY_PAIRS."""
+def train(name: str, seed: int, minutes: float, core: int, out: Path, max_pairs: int = 0) -> dict:
+    """One recipe on one core for ``minutes`` (or until ``max_pairs`` pairs); exports the generator."""
     import numpy as np
     import torch
 
@@ -71,35 +73,31 @@ def train(name: str, seed: int, minutes: float, core: int, out: Path) -> dict:
     transform = paired_transform(config.image_size, train=True, seed=seed, target_interpolation=target_interpolation)
     model = Pix2Pix(config)
     rng = np.random.default_rng(seed)
-
-    def export(label: str, seen: int) -> None:
-        info = checkpoint.ExportInfo(config.generator_config(), image_size=config.image_size, step=model.step,
-                                     extra={"pairs_seen": seen, "recipe": name})
-        checkpoint.export_generator(model.generator, info, storage.resolve(str(out / label)))
-
     started = time.monotonic()
     deadline = started + 60 * minutes
-    seen, exports, losses = 0, [], []
-    while time.monotonic() < deadline:
+    seen, losses = 0, []
+
+    def done() -> bool:
+        return time.monotonic() >= deadline or 0 < max_pairs <= seen
+
+    while not done():
         order = rng.permutation(len(pairs))
         for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
             batch = [augment_pair(transform, *pairs[i]) for i in order[start:start + config.batch_size]]
             source, target = (torch.from_numpy(np.stack(side)).permute(0, 3, 1, 2) for side in zip(*batch))
             losses.append({k: float(v) for k, v in model.train_step(source, target).items()})
             seen += config.batch_size
-            if seen // EXPORT_EVERY_PAIRS > len(exports):
-                exports.append(seen)
-                export(f"pairs-{seen:05d}", seen)
-            if time.monotonic() >= deadline:
+            if done():
                 break
         else:
             model.end_epoch()  # lr stays constant: the budget is far below the paper's 100 epochs
-    export("final", seen)
+    seconds = time.monotonic() - started
+    info = checkpoint.ExportInfo(config.generator_config(), image_size=config.image_size, step=model.step,
+                                 extra={"pairs_seen": seen, "recipe": name})
+    checkpoint.export_generator(model.generator, info, storage.resolve(str(out / "final")))
     last = losses[-50:]
-    return {"recipe": name, "seed": seed, "pairs_seen": seen, "steps": model.step,
-            "seconds": time.monotonic() - started, "exports": exports,
-            "pairs_per_s": seen / (time.monotonic() - started),
-            "final_losses": {k: sum(x[k] for x in last) / len(last) for k in last[0]}}
+    return {"recipe": name, "seed": seed, "pairs_seen": seen, "steps": model.step, "seconds": seconds,
+            "pairs_per_s": seen / seconds, "final_losses": {k: sum(x[k] for x in last) / len(last) for k in last[0]}}
 
 
 def evaluate(export: Path, paper_mode: bool, grid: Path) -> dict:
@@ -110,48 +108,66 @@ def evaluate(export: Path, paper_mode: bool, grid: Path) -> dict:
                                grid_count=6))
 
 
+def side_by_side(jobs: list[tuple[str, int, Path, int]], minutes: float) -> list[dict]:
+    """Train (recipe, seed, out, max_pairs) jobs at once, one per core; their train.json."""
+    processes = []
+    for core, (name, seed, out, max_pairs) in enumerate(jobs):
+        out.mkdir(parents=True, exist_ok=True)
+        processes.append(subprocess.Popen([sys.executable, __file__, "--minutes", str(minutes), "--child", name,
+                                           str(seed), str(core % os.cpu_count()), str(out), str(max_pairs)]))
+    for (name, seed, out, _), process in zip(jobs, processes):
+        if process.wait():
+            raise SystemExit(f"{name} seed {seed} failed")
+    return [json.loads((out / "train.json").read_text()) for _, _, out, _ in jobs]
+
+
+def equal_time(work: Path, seed: int, minutes: float) -> dict:
+    paper_out, project_out = work / f"paper-seed{seed}", work / f"project-seed{seed}"
+    paper, project = side_by_side([("paper", seed, paper_out, 0), ("project", seed, project_out, 0)], minutes)
+    baseline = {mode: evaluate(paper_out / "final", mode == "paper", paper_out / f"grid-{mode}.png")
+                for mode in ("paper", "eval")}
+    best = max(baseline, key=lambda mode: baseline[mode]["miou"])
+    return {"seed": seed, "paper": paper, "project": project, "baseline_mode": best, "baseline": baseline[best],
+            "baseline_other": baseline["eval" if best == "paper" else "paper"],
+            "equal_time": evaluate(project_out / "final", False, project_out / "grid-final.png")}
+
+
+def equal_pairs(work: Path, rows: list[dict]) -> None:
+    """The project's recipe again, stopped at exactly the baseline's number of pairs."""
+    jobs = [("project", row["seed"], work / f"project-seed{row['seed']}-equal", row["paper"]["pairs_seen"])
+            for row in rows]
+    for row, run, (_, _, out, _) in zip(rows, side_by_side(jobs, 10**6), jobs):
+        row["project_equal"] = run
+        row["equal_pairs"] = evaluate(out / "final", False, out / "grid.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--work", default="/tmp/pix2pix-quality-bench")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # recipe seed core out
+    parser.add_argument("--equal-pairs-only", action="store_true",
+                        help="only the equal-pairs runs, for the equal-time results already in --work")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # recipe seed core out max_pairs
     args = parser.parse_args()
     if args.child:
-        name, seed, core, out = args.child
-        result = train(name, int(seed), args.minutes, int(core), Path(out))
+        name, seed, core, out, max_pairs = args.child
+        result = train(name, int(seed), args.minutes, int(core), Path(out), int(max_pairs))
         (Path(out) / "train.json").write_text(json.dumps(result))
         return
     if not RECIFE.is_dir():
         raise SystemExit(f"needs the Recife pairs in {RECIFE}")
     work = Path(args.work)
-    rows = []
-    for seed in args.seeds:
-        runs = {}
-        for core, name in enumerate(("paper", "project")):
-            out = work / f"{name}-seed{seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            runs[name] = (out, subprocess.Popen([sys.executable, __file__, "--minutes", str(args.minutes),
-                                                 "--child", name, str(seed), str(core % os.cpu_count()), str(out)]))
-        for name, (out, process) in runs.items():
-            if process.wait():
-                raise SystemExit(f"{name} seed {seed} failed")
-        paper = json.loads((work / f"paper-seed{seed}" / "train.json").read_text())
-        project = json.loads((work / f"project-seed{seed}" / "train.json").read_text())
-        paper_out, project_out = work / f"paper-seed{seed}", work / f"project-seed{seed}"
-        baseline = {mode: evaluate(paper_out / "final", mode == "paper", paper_out / f"grid-{mode}.png")
-                    for mode in ("paper", "eval")}
-        best_mode = max(baseline, key=lambda mode: baseline[mode]["miou"])
-        equal = [n for n in project["exports"] if n <= paper["pairs_seen"]]
-        rows.append({
-            "seed": seed, "paper": paper, "project": project, "baseline_mode": best_mode,
-            "baseline": baseline[best_mode], "baseline_other": baseline["eval" if best_mode == "paper" else "paper"],
-            "equal_time": evaluate(project_out / "final", False, project_out / "grid-final.png"),
-            "equal_pairs": evaluate(project_out / f"pairs-{equal[-1]:05d}", False, project_out / "grid-equal.png")
-            if equal else None,
-            "equal_pairs_seen": equal[-1] if equal else None,
-        })
-        (work / "results.json").write_text(json.dumps(rows, indent=1))
+    results = work / "results.json"
+    if args.equal_pairs_only:
+        rows = json.loads(results.read_text())
+    else:
+        rows = []
+        for seed in args.seeds:
+            rows.append(equal_time(work, seed, args.minutes))
+            results.write_text(json.dumps(rows, indent=1))
+    equal_pairs(work, rows)
+    results.write_text(json.dumps(rows, indent=1))
     report(rows, args.minutes)
 
 
@@ -170,9 +186,8 @@ def report(rows: list[dict], minutes: float) -> None:
                    row["paper"]["pairs_seen"]))
         other = "eval" if row["baseline_mode"] == "paper" else "paper"
         print(line(f"paper recipe ({other} mode)", row["baseline_other"], row["paper"]["pairs_seen"]))
-        print(line("project defaults, equal time", row["equal_time"], row["project"]["pairs_seen"]))
-        if row["equal_pairs"]:
-            print(line("project defaults, equal pairs", row["equal_pairs"], row["equal_pairs_seen"]))
+        print(line("compact recipe, equal time", row["equal_time"], row["project"]["pairs_seen"]))
+        print(line("compact recipe, equal pairs", row["equal_pairs"], row["project_equal"]["pairs_seen"]))
 
 
 if __name__ == "__main__":

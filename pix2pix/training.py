@@ -40,7 +40,7 @@ class TrainConfig:
     dropout: float = 0.5
     epochs: int = 100  # at the initial learning rate
     epochs_decay: int = 100  # then linearly down to zero
-    batch_size: int = 4  # per worker; the paper used 1, which leaves CPUs and GPUs mostly idle
+    batch_size: int = 1  # per worker
     lr: float = 2e-4
     beta1: float = 0.5
     lambda_l1: float = 100.0
