@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean-demo
+.PHONY: install demo test test-fast test-reliability clean-demo
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(INSTALLED)
 
 test-fast: $(INSTALLED)
 	$(PY) -m pytest -m "not slow"
+
+test-reliability: $(INSTALLED)
+	$(PY) -m pytest -m reliability
 
 clean-demo:
 	rm -rf "$${PIX2PIX_DEMO_ROOT:-$$HOME/.cache/pix2pix/demo-bucket}"

@@ -119,7 +119,7 @@ def latest_checkpoint(run: storage.Location) -> storage.Location | None:
         if entry.type == pafs.FileType.Directory and posixpath.basename(entry.path).startswith(CHECKPOINT_PREFIX)
     )
     for name in reversed(names):
-        if _has_export(run.join(name)):
+        if _has_complete_export(run.join(name)):
             return run.join(name)
     return None
 
@@ -127,6 +127,25 @@ def latest_checkpoint(run: storage.Location) -> storage.Location | None:
 def _has_export(location: storage.Location) -> bool:
     weights = location.filesystem.get_file_info(posixpath.join(location.path, WEIGHTS_FILE))
     return weights.type == pafs.FileType.File
+
+
+def _has_complete_export(location: storage.Location) -> bool:
+    """Both files there and the weights as long as their header says: Ray Train copies a
+    checkpoint file by file, so a full disk or a crash can leave a truncated one behind."""
+    filesystem = location.filesystem
+    weights, config = filesystem.get_file_info([posixpath.join(location.path, name)
+                                                for name in (WEIGHTS_FILE, CONFIG_FILE)])
+    if weights.type != pafs.FileType.File or config.type != pafs.FileType.File or weights.size < 8:
+        return False
+    header_size = int.from_bytes(storage.read_range(filesystem, weights.path, 0, 8), "little")
+    if header_size > min(weights.size - 8, 100 * 2**20):
+        return False
+    try:  # a store that cannot be read raises: never fall back to an older checkpoint on a throttle
+        header = json.loads(storage.read_range(filesystem, weights.path, 8, header_size))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return weights.size == 8 + header_size + end
 
 
 def read_export_info(directory: storage.Location) -> ExportInfo:
@@ -142,21 +161,36 @@ def load_generator(
     """
     directory = find_export(uri)
     info = read_export_info(directory)
-    if expect is not None and expect != info.generator:
-        raise CheckpointError(f"architecture mismatch in {uri}: {_describe_difference(expect, info.generator)}")
+    if expect is not None:
+        check_architecture(info.generator, expect, uri)
     try:
         weights = storage.read_bytes(directory.filesystem, posixpath.join(directory.path, WEIGHTS_FILE))
         state = safetensors.torch.load(weights)
     except Exception as error:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"cannot read {WEIGHTS_FILE} in {uri}: {error}") from None
+    # Compare with the declared architecture built on the meta device (no memory): a tampered
+    # generator.json declaring a huge network is refused before anything is allocated.
+    with torch.device("meta"):
+        declared = UNetGenerator(info.generator).state_dict()
+    _check_fits(declared, state, uri)
     generator = UNetGenerator(info.generator)
-    load_state_checked(generator, state, uri)
+    generator.load_state_dict(state)
     return generator.to(device).eval(), info
+
+
+def check_architecture(found: GeneratorConfig, expect: GeneratorConfig, uri: str) -> None:
+    """Refuse a checkpoint of another architecture, naming the fields that differ."""
+    if expect != found:
+        raise CheckpointError(f"architecture mismatch in {uri}: {_describe_difference(expect, found)}")
 
 
 def load_state_checked(module: torch.nn.Module, state: dict, uri: str) -> None:
     """load_state_dict with a one-line message naming what does not fit."""
-    own = module.state_dict()
+    _check_fits(module.state_dict(), state, uri)
+    module.load_state_dict(state)
+
+
+def _check_fits(own: dict, state: dict, uri: str) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = [
@@ -173,7 +207,6 @@ def load_state_checked(module: torch.nn.Module, state: dict, uri: str) -> None:
         if wrong_shape:
             problems.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[0]})")
         raise CheckpointError(f"weights in {uri} do not fit the declared architecture: " + "; ".join(problems))
-    module.load_state_dict(state)
 
 
 def _describe_difference(expected: GeneratorConfig, found: GeneratorConfig) -> str:

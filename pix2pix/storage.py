@@ -8,8 +8,11 @@ or the instance role. Every job passes the filesystem returned here explicitly.
 
 from __future__ import annotations
 
+import copyreg
 import os
 import posixpath
+import random
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +21,12 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+DEFAULT_MAX_ATTEMPTS = 10
+# Transient failures the AWS SDK reports as non-retryable: a 5xx/SlowDown answer to a GetObject
+# whose error body (a few hundred bytes of XML) does not fit the buffer pyarrow sized for the
+# object; every read of a small object (a JSON file, a flat-colour tile) fails on the first
+# throttled answer without this.
+_UNRETRIED_TRANSIENT = ("Failed to flush response stream",)
 
 
 class StorageError(ValueError):
@@ -75,7 +84,7 @@ def s3_filesystem() -> pafs.S3FileSystem:
     so the endpoint is read here, for S3-compatible stores and test servers alike.
     """
     options: dict = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
         "connect_timeout": 10,
         "request_timeout": 60,
     }
@@ -90,6 +99,31 @@ def s3_filesystem() -> pafs.S3FileSystem:
     elif endpoint:
         options["region"] = "us-east-1"  # custom endpoints rarely answer region look-ups
     return pafs.S3FileSystem(**options)
+
+
+def max_attempts() -> int:
+    """The S3 retry budget: AWS_MAX_ATTEMPTS (the standard AWS variable), else 10."""
+    value = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    if not value:
+        return DEFAULT_MAX_ATTEMPTS
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise StorageError(f"AWS_MAX_ATTEMPTS must be a whole number, got {value!r}") from None
+
+
+def _rebuild_s3(options: dict, attempts: int) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+
+
+def _reduce_s3(filesystem: pafs.S3FileSystem):
+    """Pickle an S3FileSystem with its retry budget: pyarrow's own pickling drops the retry
+    strategy, so every Ray worker that received a filesystem fell back to 3 attempts."""
+    rebuild, (options,) = filesystem.__reduce__()
+    return _rebuild_s3, (options, max_attempts())
+
+
+copyreg.pickle(pafs.S3FileSystem, _reduce_s3)  # honoured by pickle and by Ray's cloudpickle
 
 
 def redact(text: str) -> str:
@@ -127,8 +161,35 @@ def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[s
 
 
 def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read()
+    """A whole file. Retries, with backoff, the transient S3 failures the SDK does not retry."""
+
+    def read() -> bytes:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+
+    return _retrying(read)
+
+
+def read_range(filesystem: pafs.FileSystem, path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer at the end of the file), retried like read_bytes."""
+
+    def read() -> bytes:
+        with filesystem.open_input_file(path) as handle:
+            return handle.read_at(length, offset)
+
+    return _retrying(read)
+
+
+def _retrying(read):
+    attempt = 1
+    while True:
+        try:
+            return read()
+        except OSError as error:
+            if attempt >= max_attempts() or not any(text in str(error) for text in _UNRETRIED_TRANSIENT):
+                raise
+        time.sleep(min(5.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+        attempt += 1
 
 
 def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -140,7 +201,9 @@ def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     parent = posixpath.dirname(path)
     if isinstance(filesystem, pafs.LocalFileSystem):
         os.makedirs(parent, exist_ok=True)
-        temporary = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        # The name's start only: a 255-byte name (the most a local filesystem allows) must
+        # still get a temporary sibling.
+        temporary = posixpath.join(parent, f".{posixpath.basename(path)[:64]}.{uuid.uuid4().hex}.tmp")
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)

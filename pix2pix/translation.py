@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pix2pix.data import BadImage, to_model_range
+from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, to_model_range
 from pix2pix.precision import autocast
 
 ON_SIZE = ("resize", "error")
@@ -24,6 +24,9 @@ MAX_KEY_BYTES = 1024  # the S3 limit
 # ring costs (1 + 2/8)^2 = 1.56x the block's bytes, the model sees (1 + 2m/8T)^2 more pixels.
 BLOCK_TILES = 8
 HOLE_VALUE = 128  # a missing tile inside a block: mid-grey, ~0 in the model's range
+# A tile may be up to this many times the model's size per side (it is resized); anything
+# declaring more is refused from its header, before a pixel is decoded (image bombs).
+MAX_TILE_SCALE = 8
 
 _ENCODED_PATH_CHARACTER = re.compile(r"%(2f|5c|2e|00)", re.IGNORECASE)
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
@@ -53,6 +56,11 @@ def check_key(key: str) -> str:
         if part.startswith((".", "_")):
             raise BadKey("key has a hidden or reserved ('.' or '_' prefixed) component")
     return key
+
+
+def tile_pixel_limit(image_size: int) -> int:
+    """The most pixels a tile may declare, from the size the job expects."""
+    return min(DEFAULT_MAX_PIXELS, (MAX_TILE_SCALE * image_size) ** 2)
 
 
 def output_key(key: str, image_format: str) -> str:

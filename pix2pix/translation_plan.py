@@ -51,6 +51,13 @@ class PlanSettings:
     margin: int = 0                 # 0: no context, one unit per tile
     overwrite: bool = False
     block_tiles: int = BLOCK_TILES
+    # Outputs modified at or after this time (ns since the epoch) are this run's own writes and
+    # do not count as done. Planning then depends only on what existed when the run started,
+    # so a planning task that Ray retries after its worker died plans exactly what its first
+    # attempt did: Ray drops the retry's outputs up to the count the first attempt delivered,
+    # by position, and a retry that skipped the tiles written meanwhile shifted every later
+    # tile into the dropped positions - they were silently never translated.
+    written_before_ns: int | None = None
 
 
 @dataclass
@@ -235,10 +242,21 @@ def _read_csv(filesystem: pafs.FileSystem, path: str) -> pa.Table:
         return pacsv.read_csv(stream, convert_options=pacsv.ConvertOptions(column_types={"key": pa.string()}))
 
 
-def done_keys(output: storage.Location, relative_dirs, recursive: bool) -> set[str]:
+def done_keys(output: storage.Location, relative_dirs, recursive: bool, before_ns: int | None = None) -> set[str]:
+    """Output keys under the directories (hidden and '_' names left out), only those last
+    modified before ``before_ns`` when given."""
     done = set()
     for relative in relative_dirs:
-        done.update(list_keys(output, relative, recursive))
+        location = _join(output, relative)
+        selector = pafs.FileSelector(location.path, recursive=recursive, allow_not_found=True)
+        for info in location.filesystem.get_file_info(selector):
+            if info.type != pafs.FileType.File:
+                continue
+            if any(part.startswith((".", "_")) for part in posixpath.relpath(info.path, location.path).split("/")):
+                continue
+            if before_ns is not None and info.mtime_ns is not None and info.mtime_ns >= before_ns:
+                continue
+            done.add(posixpath.relpath(info.path, output.path))
     return done
 
 
@@ -276,16 +294,19 @@ def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Locat
         listed += list_keys(input_root, relative, shard.recursive)
     core = set(shard.core)
     if shard.wanted is None:
-        units = []
-        wanted = [key for key in listed if _under(key, core, shard.recursive) and _selected(key, shard.bbox)]
+        # Listed names are as untrusted as a manifest's: a key like "a%2F..%2Fb" or one holding
+        # control characters is recorded, never written (S3 resolves ".." in a written key).
+        units, wanted = _checked([key for key in listed if _under(key, core, shard.recursive)
+                                  and _selected(key, shard.bbox)])
     else:
         units, wanted = _checked(shard.wanted)
+    before = settings.written_before_ns
     if settings.overwrite:
         done = set()
     elif shard.dirs:
-        done = done_keys(output, shard.core, shard.recursive)
+        done = done_keys(output, shard.core, shard.recursive, before)
     else:
-        done = done_keys(output, sorted({posixpath.dirname(k) for k in wanted}), False)
+        done = done_keys(output, sorted({posixpath.dirname(k) for k in wanted}), False, before)
     if settings.margin == 0:
         return units + _single_units(wanted, done, settings)
     listed_set = set(listed)

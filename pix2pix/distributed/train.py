@@ -115,17 +115,28 @@ def train_epoch(model: Pix2Pix, shard, config: JobConfig) -> tuple[dict[str, flo
     sums = dict.fromkeys(LOSS_NAMES, 0.0)
     batches = 0
     crash_at = config.extra.get("crash_at_step")
+    progress = config.extra.get("progress_dir")
     for batch in shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
                                           local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"):
         parts = model.train_step(batch["source"], batch["target"])
         for name in LOSS_NAMES:
             sums[name] += float(parts[name])
         batches += 1
+        if progress is not None:
+            _record_progress(progress, model.step)
         if crash_at is not None and model.step == crash_at and _first_attempt(config):
             os._exit(1)  # a test hook: the worker dies like a lost node
     totals = all_reduce_sum([*sums.values(), float(batches)])
     count = max(totals[-1], 1.0)
     return {name: total / count for name, total in zip(LOSS_NAMES, totals)}, int(totals[-1])
+
+
+def _record_progress(directory: str, step: int) -> None:
+    """A test hook: each worker appends "pid step time" to DIRECTORY/rank<r>.log after every
+    step, so that a chaos test can kill one mid-epoch and count the steps lost."""
+    rank = ray.train.get_context().get_world_rank()
+    with open(os.path.join(directory, f"rank{rank}.log"), "a") as log:
+        log.write(f"{os.getpid()} {step} {time.time():.3f}\n")
 
 
 def _first_attempt(config: JobConfig) -> bool:
@@ -249,10 +260,24 @@ def plan_resources(num_workers: int, gpu: bool | None, cpus_per_worker: float | 
     return Resources(num_workers, use_gpu, cpus_per_worker, threads)
 
 
+def check_resume(run: storage.Location, config: TrainConfig) -> None:
+    """Refuse, in one line and before any worker starts, to resume a run whose latest
+    checkpoint is of another architecture (every worker attempt would fail on it)."""
+    latest = checkpoint.latest_checkpoint(run)
+    if latest is None:
+        return
+    try:
+        checkpoint.check_architecture(checkpoint.read_export_info(latest).generator, config.generator_config(),
+                                      latest.uri)
+    except checkpoint.CheckpointError as error:
+        raise checkpoint.CheckpointError(f"cannot resume: {error}; use another --name to start a new run") from None
+
+
 def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2) -> ray.train.Result:
-    datasets = build_datasets(config.data_uri, config.train.image_size, config.train.seed)
     location = storage.resolve(storage_uri)
+    check_resume(location.join(name), config.train)
+    datasets = build_datasets(config.data_uri, config.train.image_size, config.train.seed)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
     trainer = ray.train.torch.TorchTrainer(

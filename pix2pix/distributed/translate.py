@@ -9,9 +9,11 @@ the pipeline, tallies the status rows and writes the failed ones to OUTPUT/_fail
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import posixpath
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -141,6 +143,8 @@ def check_run(options: TranslateOptions) -> Run:
 def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     started = time.monotonic()
     run = run or check_run(options)
+    # What was written before now is done; what this run writes never changes its own plan.
+    run = dataclasses.replace(run, settings=dataclasses.replace(run.settings, written_before_ns=time.time_ns()))
     resources = plan_resources(options)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
@@ -215,6 +219,19 @@ def _check_locations(input_root, output, options: TranslateOptions) -> None:
     if type(input_root.filesystem) is type(output.filesystem) and (
             output.path == input_root.path or output.path.startswith(input_root.path.rstrip("/") + "/")):
         raise TranslateError("--output must not be the input or inside it (outputs would be listed as inputs)")
+    if output.is_local:
+        _check_writable(output, options.output)
+
+
+def _check_writable(output: storage.Location, uri: str) -> None:
+    """A local output that cannot be written (read-only mount, permissions) ends the run here,
+    not after every tile has been read, translated and failed to write."""
+    try:
+        os.makedirs(output.path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.path, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise TranslateError(f"cannot write to --output {uri}: {error.strerror or error}") from None
 
 
 def _planned_units(options, run: Run) -> ray.data.Dataset:
@@ -252,35 +269,69 @@ def _tally(batch: pa.Table, counts, failures: FailureLog, samples: PreviewSample
 
 
 class FailureLog:
-    """Failed tiles streamed to OUTPUT/_failures/<time>.parquet; no file when nothing failed."""
+    """Failed tiles streamed to OUTPUT/_failures/<time>.parquet; no file when nothing failed.
+
+    When the list itself cannot be written (a full disk, a store that refuses), the run ends
+    with a TranslateError saying how many tiles failed and why the list is missing, and no
+    partial list is left behind."""
 
     def __init__(self, output: storage.Location, rows_per_flush: int = 10_000):
         self.output, self.rows_per_flush = output, rows_per_flush
         self.pending: list[dict] = []
-        self.writer = self.stream = None
+        self.writer = self.stream = self.path = None
         self.uri: str | None = None
+        self.count, self.first = 0, None
 
     def add(self, key: str, reason: str) -> None:
         self.pending.append({"key": key, "reason": reason})
+        self.count += 1
+        self.first = self.first or (key, reason)
 
     def flush(self, force: bool = False) -> None:
         if not self.pending or (len(self.pending) < self.rows_per_flush and not force):
             return
-        if self.writer is None:
-            name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}.parquet"
-            target = self.output.join(FAILURES_DIR, name)
-            self.output.filesystem.create_dir(posixpath.dirname(target.path), recursive=True)
-            self.stream = self.output.filesystem.open_output_stream(target.path)
-            self.writer = pq.ParquetWriter(self.stream, FAILURE_SCHEMA)
-            self.uri = target.uri
-        self.writer.write_table(pa.Table.from_pylist(self.pending, schema=FAILURE_SCHEMA))
+        try:
+            if self.writer is None:
+                name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}.parquet"
+                target = self.output.join(FAILURES_DIR, name)
+                self.output.filesystem.create_dir(posixpath.dirname(target.path), recursive=True)
+                self.path, self.uri = target.path, target.uri
+                self.stream = self.output.filesystem.open_output_stream(target.path)
+                self.writer = pq.ParquetWriter(self.stream, FAILURE_SCHEMA)
+            self.writer.write_table(pa.Table.from_pylist(self.pending, schema=FAILURE_SCHEMA))
+        except OSError as error:
+            raise self._lost(error) from None
         self.pending = []
+
+    def _lost(self, error: OSError) -> TranslateError:
+        for close in (self.writer, self.stream):
+            try:
+                if close is not None:
+                    close.close()
+            except OSError:
+                pass
+        if self.path is not None:
+            try:
+                self.output.filesystem.delete_file(self.path)
+            except OSError:
+                pass
+        key, reason = self.first
+        return TranslateError(storage.redact(
+            f"{self.count} tiles failed (first: {key}: {reason}) and their list could not be written to "
+            f"{self.output.join(FAILURES_DIR).uri}: {error}"))
 
     def __enter__(self) -> FailureLog:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.flush(force=True)
-        if self.writer is not None:
-            self.writer.close()
-            self.stream.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        try:
+            self.flush(force=True)
+            if self.writer is not None:
+                try:
+                    self.writer.close()
+                    self.stream.close()
+                except OSError as error:
+                    raise self._lost(error) from None
+        except TranslateError:
+            if exc_type is None:  # never hide the error that is already on its way out
+                raise

@@ -21,7 +21,9 @@ import pyarrow as pa
 from pix2pix import checkpoint, storage
 from pix2pix.data import BadImage, decode_image, encode_image
 from pix2pix.precision import resolve_precision, set_threads
-from pix2pix.translation import Translator, assemble_canvas, crop_tile, fit_tile, output_key, unit_seed
+from pix2pix.translation import (
+    BadKey, Translator, assemble_canvas, check_key, crop_tile, fit_tile, output_key, tile_pixel_limit, unit_seed,
+)
 from pix2pix.translation_plan import PlanSettings, Shard, Unit, plan_shard
 
 IO_THREADS = 16  # concurrent reads/writes per task: object stores answer in tens of ms
@@ -63,7 +65,9 @@ def _pool() -> ThreadPoolExecutor:
 def _read(root: storage.Location, key: str) -> bytes | str:
     """The tile's bytes, or the reason it cannot be read."""
     try:
-        return storage.read_bytes(root.filesystem, posixpath.join(root.path, key))
+        return storage.read_bytes(root.filesystem, posixpath.join(root.path, check_key(key)))
+    except BadKey as error:
+        return f"unsafe key: {error}"
     except FileNotFoundError:
         return "not found"
     except OSError as error:
@@ -82,13 +86,14 @@ def load_units(batch: pa.Table, input_root, image_size: int, on_size: str) -> pa
 def _load_unit(unit: dict, contents: dict, image_size: int, on_size: str) -> dict:
     row = dict(unit, pixels=None, height=0, width=0, failed=[], bytes_read=0, tile_bytes=0)
     images = {}
+    max_pixels = tile_pixel_limit(image_size)
     for tile in unit["tiles"]:
         data = contents[tile["key"]]
         try:
             if isinstance(data, str):
                 raise BadImage(data)
             row["bytes_read"] += len(data)
-            images[tile["col"], tile["row"]] = fit_tile(decode_image(data), image_size, on_size)
+            images[tile["col"], tile["row"]] = fit_tile(decode_image(data, max_pixels), image_size, on_size)
             if tile["write"]:
                 row["tile_bytes"] += len(data)
         except BadImage as error:
@@ -171,8 +176,11 @@ def write_units(batch: pa.Table, output, image_format: str, image_size: int) -> 
     def write(item):
         key, data = item
         try:
-            storage.write_bytes(output.filesystem, posixpath.join(output.path, output_key(key, image_format)), data)
+            target = posixpath.join(output.path, check_key(output_key(key, image_format)))
+            storage.write_bytes(output.filesystem, target, data)
             return _status(key, "written")
+        except BadKey as error:  # the planner refuses these; this is the last line of defence
+            return _status(key, "failed", f"unsafe key: {error}")
         except OSError as error:
             return _status(key, "failed", storage.redact(f"cannot write: {error}"))
 
