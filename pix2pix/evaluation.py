@@ -25,7 +25,7 @@ import torch
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform, to_model_range
-from pix2pix.metrics import RECIFE_PALETTE, MetricAccumulator, palette_classes, to_uint8
+from pix2pix.metrics import RECIFE_PALETTE, MetricAccumulator, snap_to_palette, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
 from pix2pix.precision import autocast, resolve_precision, set_threads
 from pix2pix.tiles import image_grid
@@ -80,12 +80,8 @@ def parse_palette(raw, origin: str = "palette") -> dict[str, tuple[int, int, int
 
 def off_palette_pixels(targets: torch.Tensor, palette: Palette) -> int:
     """Target pixels (uint8 NCHW) whose nearest palette colour is still PALETTE_TOLERANCE or more away."""
-    # Maps hold few distinct colours: classify those, not every pixel.
-    distinct, counts = torch.unique(targets.permute(0, 2, 3, 1).reshape(-1, 3), dim=0, return_counts=True)
-    colours = torch.tensor(list(palette.values()), dtype=torch.int16)
-    nearest = colours[palette_classes(distinct.T.reshape(1, 3, 1, -1), palette).reshape(-1)]
-    far = (distinct.short() - nearest).abs().amax(dim=1) >= PALETTE_TOLERANCE
-    return int(counts[far].sum())
+    distance = (targets.short() - snap_to_palette(targets, palette).short()).abs().amax(dim=1)
+    return int((distance >= PALETTE_TOLERANCE).sum())
 
 
 # ---- reading a split -----------------------------------------------------------------------
