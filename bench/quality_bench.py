@@ -1,8 +1,9 @@
-"""Quality on real data at equal wall time: a compact recipe (the paper's model at half width,
-ngf = ndf = 32, instance norm, exact-colour target resize) against the paper's plain recipe,
-on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
+"""Quality on real data at equal wall time and equal pairs: one of the project's recipes
+(--recipe: the defaults, or the paper's model at half width, ngf = ndf = 32, with the paper's or
+twice its learning rate; all instance norm, exact-colour target resize) against the paper's
+plain recipe, on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
 
-    python bench/quality_bench.py --minutes 20 --seeds 0 1
+    python bench/quality_bench.py --minutes 20 --seeds 0 1 --recipe compact
 
 For each seed the two recipes train side by side, each in its own process pinned to its own
 CPU core with one torch thread, for the same wall-time budget (same machine, same moment, so
@@ -42,7 +43,15 @@ def recipe(name: str, seed: int):
     if name == "paper":  # Isola et al.: batch 1, batch norm, fp32, bicubic resize of both images
         paper = TrainConfig(ngf=64, ndf=64, norm="batch", batch_size=1, precision="fp32", seed=seed)
         return paper, cv2.INTER_CUBIC
-    return TrainConfig(ngf=32, ndf=32, seed=seed), cv2.INTER_NEAREST  # "project": the compact recipe
+    recipes = {  # instance norm, batch 1, the target resized nearest-neighbour (exact class colours)
+        "defaults": TrainConfig(seed=seed),  # the project's defaults: the paper's widths
+        "compact": TrainConfig(ngf=32, ndf=32, seed=seed),  # half width
+        "compact-lr": TrainConfig(ngf=32, ndf=32, lr=4e-4, seed=seed),  # half width, Adam lr x2 (muP-style)
+    }
+    return recipes[name], cv2.INTER_NEAREST
+
+
+RECIPES = ("defaults", "compact", "compact-lr")
 
 
 def load_pairs(split: str) -> list:
@@ -121,9 +130,9 @@ def side_by_side(jobs: list[tuple[str, int, Path, int]], minutes: float) -> list
     return [json.loads((out / "train.json").read_text()) for _, _, out, _ in jobs]
 
 
-def equal_time(work: Path, seed: int, minutes: float) -> dict:
-    paper_out, project_out = work / f"paper-seed{seed}", work / f"project-seed{seed}"
-    paper, project = side_by_side([("paper", seed, paper_out, 0), ("project", seed, project_out, 0)], minutes)
+def equal_time(work: Path, seed: int, minutes: float, project_recipe: str) -> dict:
+    paper_out, project_out = work / f"paper-seed{seed}", work / f"{project_recipe}-seed{seed}"
+    paper, project = side_by_side([("paper", seed, paper_out, 0), (project_recipe, seed, project_out, 0)], minutes)
     baseline = {mode: evaluate(paper_out / "final", mode == "paper", paper_out / f"grid-{mode}.png")
                 for mode in ("paper", "eval")}
     best = max(baseline, key=lambda mode: baseline[mode]["miou"])
@@ -134,8 +143,8 @@ def equal_time(work: Path, seed: int, minutes: float) -> dict:
 
 def equal_pairs(work: Path, rows: list[dict]) -> None:
     """The project's recipe again, stopped at exactly the baseline's number of pairs."""
-    jobs = [("project", row["seed"], work / f"project-seed{row['seed']}-equal", row["paper"]["pairs_seen"])
-            for row in rows]
+    jobs = [(row["project"]["recipe"], row["seed"], work / f"{row['project']['recipe']}-seed{row['seed']}-equal",
+             row["paper"]["pairs_seen"]) for row in rows]
     for row, run, (_, _, out, _) in zip(rows, side_by_side(jobs, 10**6), jobs):
         row["project_equal"] = run
         row["equal_pairs"] = evaluate(out / "final", False, out / "grid.png")
@@ -145,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--recipe", choices=RECIPES, default="compact", help="the recipe set against the paper's")
     parser.add_argument("--work", default="/tmp/pix2pix-quality-bench")
     parser.add_argument("--equal-pairs-only", action="store_true",
                         help="only the equal-pairs runs, for the equal-time results already in --work")
@@ -164,7 +174,7 @@ def main() -> None:
     else:
         rows = []
         for seed in args.seeds:
-            rows.append(equal_time(work, seed, args.minutes))
+            rows.append(equal_time(work, seed, args.minutes, args.recipe))
             results.write_text(json.dumps(rows, indent=1))
     equal_pairs(work, rows)
     results.write_text(json.dumps(rows, indent=1))
@@ -180,14 +190,15 @@ def report(rows: list[dict], minutes: float) -> None:
 
     print(f"\nRecife val (100 pairs, 256 px), {minutes:g} min of training per run, one core and one thread each")
     for row in rows:
+        project = row["project"]["recipe"]
         print(f"seed {row['seed']}: paper {row['paper']['pairs_per_s']:.3f} pairs/s, "
-              f"project {row['project']['pairs_per_s']:.3f} pairs/s")
+              f"{project} {row['project']['pairs_per_s']:.3f} pairs/s")
         print(line(f"paper recipe ({row['baseline_mode']} mode, the better)", row["baseline"],
                    row["paper"]["pairs_seen"]))
         other = "eval" if row["baseline_mode"] == "paper" else "paper"
         print(line(f"paper recipe ({other} mode)", row["baseline_other"], row["paper"]["pairs_seen"]))
-        print(line("compact recipe, equal time", row["equal_time"], row["project"]["pairs_seen"]))
-        print(line("compact recipe, equal pairs", row["equal_pairs"], row["project_equal"]["pairs_seen"]))
+        print(line(f"{project}, equal time", row["equal_time"], row["project"]["pairs_seen"]))
+        print(line(f"{project}, equal pairs", row["equal_pairs"], row["project_equal"]["pairs_seen"]))
 
 
 if __name__ == "__main__":

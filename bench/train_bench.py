@@ -5,7 +5,10 @@ against fp32, measured side by side in one run on real pairs (../shared/data/rec
 
 Run it on an idle machine: Ray workers run at nice 15, so any other load starves them.
 The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
-tasks while it trains, on the same cores, which is part of what it costs.
+tasks while it trains, on the same cores, which is part of what it costs. This VM's speed
+drifts by up to 30% over minutes, so the bare loop runs before and after the Ray job and the
+ratios use their mean. "steady" leaves out each epoch's wait for its first batch (Ray Data
+starts a new execution per epoch, a fixed cost that a real epoch of thousands of pairs hides).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def decoded_batches(raw: Path, config: TrainConfig, count: int):
     return [(source[i:i + size], target[i:i + size]) for i in range(0, size * count, size)]
 
 
-def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> float:
+def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> dict[str, float]:
     from pix2pix.distributed import session, train
 
     session.init()
@@ -70,7 +73,12 @@ def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> f
     result = train.fit(job, resources, storage_uri, "bench")
     if result.error:
         raise RuntimeError(result.error)
-    return result.metrics["pairs_per_s"]  # the last epoch: warm, data pipeline running
+    last = result.metrics  # the last epoch: workers warm; Ray Data starts a new execution per epoch
+    pairs = last["pairs_per_s"] * last["epoch_seconds"]
+    return {"ray_fp32_pairs_per_s": last["pairs_per_s"],
+            "ray_steady_pairs_per_s": pairs / (last["epoch_seconds"] - last["first_batch_seconds"]),
+            "ray_epoch_start_s": last["first_batch_seconds"],
+            "ray_input_wait_fraction": last["input_wait_fraction"]}
 
 
 def main() -> None:
@@ -79,11 +87,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--ngf", type=int, default=64, help="generator/discriminator width (paper: 64)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--epochs", type=int, default=2, help="Ray job epochs (the last one is reported)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per bare-loop measurement")
     args = parser.parse_args()
     if not RECIFE.is_dir():
         sys.exit(f"real data not found at {RECIFE}")
-    fp32 = TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size, epochs=2,
+    fp32 = TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size, epochs=args.epochs,
                        epochs_decay=0, precision="fp32")
     bf16 = TrainConfig(**{**fp32.to_dict(), "precision": "bf16"})
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
@@ -91,7 +100,7 @@ def main() -> None:
         copy_pairs(args.pairs, work / "raw")
         batches = decoded_batches(work / "raw", fp32, args.steps + 1)
         results = {
-            "bare_fp32_pairs_per_s": bare_loop(fp32, batches, args.threads),
+            "bare_fp32_before_pairs_per_s": bare_loop(fp32, batches, args.threads),
             "bare_bf16_pairs_per_s": bare_loop(bf16, batches, args.threads),
         }
         from pix2pix.distributed.prepare import prepare
@@ -100,11 +109,14 @@ def main() -> None:
 
         session.init()
         prepare(str(work / "raw"), str(work / "data"), val_fraction=0.0)
-        results["ray_fp32_pairs_per_s"] = ray_job(fp32, str(work / "data"), str(work / "runs"), args.threads)
+        results.update(ray_job(fp32, str(work / "data"), str(work / "runs"), args.threads))
+        results["bare_fp32_after_pairs_per_s"] = bare_loop(fp32, batches, args.threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["ray_vs_bare"] = results["ray_fp32_pairs_per_s"] / results["bare_fp32_pairs_per_s"]
-    results["bf16_vs_fp32"] = results["bare_bf16_pairs_per_s"] / results["bare_fp32_pairs_per_s"]
+    bare = (results["bare_fp32_before_pairs_per_s"] + results["bare_fp32_after_pairs_per_s"]) / 2
+    results["ray_vs_bare"] = results["ray_fp32_pairs_per_s"] / bare
+    results["ray_steady_vs_bare"] = results["ray_steady_pairs_per_s"] / bare
+    results["bf16_vs_fp32"] = results["bare_bf16_pairs_per_s"] / results["bare_fp32_before_pairs_per_s"]
     results.update(native_bf16=cpu_has_native_bf16(), threads=args.threads, batch_size=args.batch_size,
                    ngf=args.ngf, image_size=256, pairs=args.pairs)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}))

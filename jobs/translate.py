@@ -49,6 +49,9 @@ def parse_args(argv=None):
     how.add_argument("--stochastic", action="store_true",
                      help="keep dropout on, seeded per tile from its key and --seed (reproducible)")
     how.add_argument("--seed", type=int, default=0, help="seed for --stochastic")
+    how.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...}: every "
+                     "output pixel becomes its nearest palette colour, so maps carry exact class colours "
+                     "(use with --format png; the demo uses 'recife')")
     how.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="auto: bf16 on CPUs with AMX/AVX512-BF16 and on GPUs that have it, else fp32 "
                      "(CPU) or fp16 (GPU)")
@@ -103,6 +106,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.min_actors and args.max_actors and args.min_actors > args.max_actors:
         parser.error("--min-actors must not exceed --max-actors")
+    if args.palette and args.image_format != "png":
+        parser.error("--palette needs --format png: lossy encodings blur the exact colours")
     if args.context < 0:
         parser.error("--context must be >= 0")
     if not 0.0 <= args.max_failed_fraction <= 1.0:
@@ -115,6 +120,7 @@ def main() -> int:
     if args.input is None:
         args.input, args.output, args.checkpoint = DEMO_INPUT, defaults.DEMO_TRANSLATED, DEMO_CHECKPOINT
         args.preview = args.preview or DEMO_PREVIEW
+        args.palette = args.palette or ("recife" if args.image_format == "png" else None)
         if not os.path.isdir(args.input):
             raise cli.JobError(f"no demo tiles in {args.input}: run `python jobs/prepare.py` first")
         if not os.path.isdir(DEMO_CHECKPOINT):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import posixpath
 import time
@@ -25,8 +24,9 @@ import torch
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform, to_model_range
-from pix2pix.metrics import RECIFE_PALETTE, MetricAccumulator, snap_to_palette, to_uint8
+from pix2pix.metrics import MetricAccumulator, snap_to_palette, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
+from pix2pix.palette import load_palette
 from pix2pix.precision import autocast, resolve_precision, set_threads
 from pix2pix.tiles import image_grid
 
@@ -40,43 +40,10 @@ Translate = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
 class EvaluationError(ValueError):
-    """Nothing to evaluate: data or split missing or empty, or an unusable palette."""
+    """Nothing to evaluate: data or split missing or empty."""
 
 
 # ---- palette -------------------------------------------------------------------------------
-
-def load_palette(spec: str | None) -> dict[str, tuple[int, int, int]] | None:
-    """None, "recife" (the built-in palette) or a JSON file {"class": [r, g, b], ...}."""
-    if spec is None:
-        return None
-    if spec.lower() == "recife":
-        return dict(RECIFE_PALETTE)
-    location = storage.resolve(spec)
-    if not storage.exists(location):
-        raise EvaluationError(f"palette file not found: {spec}")
-    try:
-        raw = json.loads(storage.read_text(location))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EvaluationError(f"palette {spec} is not valid JSON: {error}") from None
-    return parse_palette(raw, spec)
-
-
-def parse_palette(raw, origin: str = "palette") -> dict[str, tuple[int, int, int]]:
-    if not isinstance(raw, dict) or not raw:
-        raise EvaluationError(f'{origin} must be a non-empty JSON object {{"class": [r, g, b], ...}}')
-    palette = {}
-    for name, colour in raw.items():
-        valid = isinstance(colour, list) and len(colour) == 3 and all(
-            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255 for value in colour)
-        if not valid:
-            raise EvaluationError(f"{origin}: class {name!r} must be [r, g, b] integers in 0..255, got {colour!r}")
-        if name == "mIoU":  # the metrics use this name for the mean
-            raise EvaluationError(f"{origin}: 'mIoU' is reserved, rename that class")
-        palette[name] = tuple(colour)
-    if len(set(palette.values())) < len(palette):
-        raise EvaluationError(f"{origin}: two classes share one colour")
-    return palette
-
 
 def off_palette_pixels(targets: torch.Tensor, palette: Palette) -> int:
     """Target pixels (uint8 NCHW) whose nearest palette colour is still PALETTE_TOLERANCE or more away."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, to_model_range
+from pix2pix.metrics import snap_to_palette
 from pix2pix.precision import autocast
 
 ON_SIZE = ("resize", "error")
@@ -148,7 +149,8 @@ class Translator:
 
     Every generator call sees exactly ``micro_batch`` images (the last call is padded), so a
     tile's output never depends on its batch mates. ``stochastic``: dropout stays on and each
-    image runs alone under its own seed.
+    image runs alone under its own seed. ``palette``: every output pixel becomes its nearest
+    palette colour (a colour-coded map with exact class colours).
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class Translator:
         channels_last: bool | None = None,
         micro_batch: int | None = None,
         stochastic: bool = False,
+        palette: Mapping[str, tuple[int, int, int]] | None = None,
     ):
         self.device = torch.device(device)
         self.precision = precision
@@ -166,6 +169,7 @@ class Translator:
             else channels_last
         self.micro_batch = micro_batch or default_micro_batch(self.device)
         self.stochastic = stochastic
+        self.palette = palette
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.generator = generator.to(self.device, memory_format=memory_format).eval()
         if stochastic:
@@ -203,4 +207,6 @@ class Translator:
         with autocast(self.device, self.precision):
             y = self.generator(x)
         y = ((y.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        if self.palette:
+            y = snap_to_palette(y, self.palette)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()

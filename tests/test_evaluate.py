@@ -26,7 +26,6 @@ from pix2pix.evaluation import (
     EvaluationError,
     evaluate,
     evaluate_records,
-    load_palette,
     open_split,
 )
 from pix2pix.metrics import RECIFE_PALETTE, MetricAccumulator
@@ -193,21 +192,6 @@ def test_paper_mode_is_deterministic_and_differs_from_eval(raw_pairs, tiny_check
     assert paper["l1"] == again["l1"] and paper["ssim"] == again["ssim"]
     assert paper["l1"] != plain["l1"]  # dropout on
     assert run(paper_mode=True, seed=1)["l1"] != paper["l1"]
-
-
-def test_palette_files_and_their_errors(tmp_path):
-    assert load_palette(None) is None and load_palette("recife") == RECIFE_PALETTE
-    good = tmp_path / "good.json"
-    good.write_text(json.dumps({"sea": [0, 0, 255], "land": [0, 255, 0]}))
-    assert load_palette(str(good)) == {"sea": (0, 0, 255), "land": (0, 255, 0)}
-    bad = {"list.json": "[1, 2]", "colour.json": '{"sea": [0, 0, 256]}', "short.json": '{"sea": [0, 0]}',
-           "same.json": '{"a": [1, 2, 3], "b": [1, 2, 3]}', "broken.json": "{not json"}
-    for name, text in bad.items():
-        (tmp_path / name).write_text(text)
-        with pytest.raises(EvaluationError):
-            load_palette(str(tmp_path / name))
-    with pytest.raises(EvaluationError, match="not found"):
-        load_palette(str(tmp_path / "missing.json"))
 
 
 def test_job_prints_one_json_line_and_writes_the_grid(raw_pairs, tiny_checkpoint, tmp_path):

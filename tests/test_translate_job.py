@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
+from pix2pix.metrics import RECIFE_PALETTE, snap_to_palette
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from tests.conftest import REPO, S3_SECRET_KEY
 
@@ -116,6 +117,13 @@ def test_local_run_keeps_keys_skips_done_tiles_and_overwrites(ray_session, tiny_
     assert (redone["written"], redone["skipped"]) == (11, 0)
     assert outputs(tmp_path / "out") == first
     assert not list((tmp_path / "out").rglob(".*.tmp"))
+
+    snapped = translate(str(tmp_path / "in"), str(tmp_path / "snapped"), tiny_checkpoint, palette="recife")
+    assert snapped["written"] == 11
+    for key, data in outputs(tmp_path / "snapped").items():
+        raw = torch.from_numpy(np.asarray(Image.open(io.BytesIO(first[key])))).permute(2, 0, 1)[None]
+        expected = snap_to_palette(raw, RECIFE_PALETTE)[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), expected), key
 
 
 @slow
@@ -346,13 +354,14 @@ def test_help_documents_every_flag():
     for flag in ("--input", "--output", "--checkpoint", "--manifest", "--bbox", "--zoom", "--format", "--image-size",
                  "--on-size", "--context", "--stochastic", "--seed", "--precision", "--threads", "--batch-size",
                  "--actors", "--min-actors", "--max-actors", "--gpu", "--cpu", "--overwrite",
-                 "--max-failed-fraction", "--preview"):
+                 "--max-failed-fraction", "--preview", "--palette"):
         assert flag in completed.stdout
 
 
 @pytest.mark.parametrize("args, code, message", [
     (["--input", "x"], 2, "give --input, --output and --checkpoint together"),
     (["--input", "ftp://host/tiles", "--output", "/tmp/o", "--checkpoint", "/tmp/c"], 1, "unsupported URI scheme"),
+    (["--palette", "recife", "--format", "jpeg"], 2, "--palette needs --format png"),
 ])
 def test_bad_flags_and_uris_are_one_line(args, code, message):
     completed = run_job(*args)
@@ -387,6 +396,7 @@ def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoi
         ({"context": 100}, "more than one 64 px tile"),
         ({"manifest": str(tmp_path / "none.parquet")}, "manifest not found"),
         ({"manifest": str(tmp_path / "keys.csv")}, "no 'key' column"),
+        ({"palette": str(tmp_path / "none.json")}, "palette file not found"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             check_run(TranslateOptions(**{**base, **changes}))

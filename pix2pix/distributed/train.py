@@ -110,25 +110,42 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.cpu().tolist()
 
 
-def train_epoch(model: Pix2Pix, shard, config: JobConfig) -> tuple[dict[str, float], int]:
-    """One pass over this worker's shard; returns the losses averaged over all workers."""
+@dataclass
+class EpochResult:
+    losses: dict[str, float]  # averaged over all workers
+    batches: int  # over all workers
+    seconds: float
+    first_batch_seconds: float  # this worker's wait for its first batch: the data stages' start-up
+    input_wait_seconds: float  # all of this worker's waits for input, the first included
+
+
+def train_epoch(model: Pix2Pix, shard, config: JobConfig) -> EpochResult:
+    """One pass over this worker's shard."""
+    started = time.perf_counter()
     sums = dict.fromkeys(LOSS_NAMES, 0.0)
-    batches = 0
+    waits: list[float] = []
     crash_at = config.extra.get("crash_at_step")
     progress = config.extra.get("progress_dir")
-    for batch in shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
-                                          local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"):
+    stream = iter(shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
+                                           local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"))
+    while True:
+        asked = time.perf_counter()
+        batch = next(stream, None)
+        waits.append(time.perf_counter() - asked)
+        if batch is None:
+            break
         parts = model.train_step(batch["source"], batch["target"])
         for name in LOSS_NAMES:
             sums[name] += float(parts[name])
-        batches += 1
         if progress is not None:
             _record_progress(progress, model.step)
         if crash_at is not None and model.step == crash_at and _first_attempt(config):
             os._exit(1)  # a test hook: the worker dies like a lost node
-    totals = all_reduce_sum([*sums.values(), float(batches)])
+    totals = all_reduce_sum([*sums.values(), float(len(waits) - 1)])
     count = max(totals[-1], 1.0)
-    return {name: total / count for name, total in zip(LOSS_NAMES, totals)}, int(totals[-1])
+    return EpochResult(losses={name: total / count for name, total in zip(LOSS_NAMES, totals)},
+                       batches=int(totals[-1]), seconds=time.perf_counter() - started,
+                       first_batch_seconds=waits[0], input_wait_seconds=sum(waits))
 
 
 def _record_progress(directory: str, step: int) -> None:
@@ -200,17 +217,17 @@ def train_loop_per_worker(job: dict) -> None:
     val_shard = ray.train.get_dataset_shard("val") if job["has_val"] else None
     history: list[dict[str, float]] = []
     while model.epoch < config.train.total_epochs:
-        started = time.perf_counter()
-        losses, batches = train_epoch(model, train_shard, config)
-        if batches == 0:
+        epoch = train_epoch(model, train_shard, config)
+        if epoch.batches == 0:
             raise DatasetError("no full batch per worker: fewer training pairs than workers x --batch-size")
-        seconds = time.perf_counter() - started
         learning_rate = model.learning_rate
         model.end_epoch()
-        history.append(losses)
+        history.append(epoch.losses)
         metrics = {"epoch": model.epoch, "step": model.step, "resumed_from_epoch": resumed_from_epoch,
-                   "lr": learning_rate, **losses,
-                   "pairs_per_s": batches * config.train.batch_size / seconds, "epoch_seconds": seconds}
+                   "lr": learning_rate, **epoch.losses,
+                   "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
+                   "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
+                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds}
         samples = []
         if val_shard is not None:
             val_metrics, samples = validate(model, val_shard, config, rank, world_size)
@@ -230,7 +247,8 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "pairs_per_s"]
+    shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "pairs_per_s",
+             "input_wait_fraction"]
     return " ".join(f"{name}={metrics[name]:.4g}" if isinstance(metrics[name], float) else f"{name}={metrics[name]}"
                     for name in shown if name in metrics)
 

@@ -29,6 +29,7 @@ from pix2pix.distributed.translate_stages import (
     UNIT_SCHEMA, GeneratorStage, ReadStage, WriteStage, plan_shards,
 )
 from pix2pix.networks import check_image_size
+from pix2pix.palette import load_palette
 from pix2pix.precision import resolve_precision
 from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
 from pix2pix.translation_plan import (
@@ -61,6 +62,7 @@ class TranslateOptions:
     context: int = 0                    # pixels of neighbour context; 0: tiles alone
     stochastic: bool = False
     seed: int = 0
+    palette: str | None = None          # "recife" or a JSON file: outputs snapped to its colours
     precision: str = "auto"
     threads: int | None = None          # torch threads per actor; None: 1 on CPU, 2 on GPU
     batch_size: int | None = None       # tiles per actor call; None: 8 on CPU, 64 on GPU
@@ -124,6 +126,7 @@ class Run:
     settings: PlanSettings
     manifest: storage.Location | None = None
     manifest_parts: list | None = None
+    palette: dict | None = None
 
 
 def check_run(options: TranslateOptions) -> Run:
@@ -131,13 +134,14 @@ def check_run(options: TranslateOptions) -> Run:
     _check_locations(input_root, output, options)
     manifest = storage.resolve(options.manifest) if options.manifest else None
     parts = manifest_parts(manifest) if manifest else None
+    palette = load_palette(options.palette)
     export = checkpoint.find_export(options.checkpoint)
     _, info = checkpoint.load_generator(export.uri)  # fail here, in one line, not in every actor
     image_size = options.image_size or info.image_size
     check_image_size(image_size, info.generator.depth)
     margin = context_margin(options.context, image_size, info.generator.depth)
     settings = PlanSettings(image_format=options.image_format, margin=margin, overwrite=options.overwrite)
-    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts)
+    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette)
 
 
 def translate(options: TranslateOptions, run: Run | None = None) -> dict:
@@ -176,7 +180,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
                 "checkpoint_uri": run.export_uri, "device": resources.device, "precision": precision,
                 "threads": resources.threads,
                 "micro_batch": micro_batch,
-                "stochastic": options.stochastic, "seed": options.seed,
+                "stochastic": options.stochastic, "seed": options.seed, "palette": run.palette,
             },
             compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
             num_cpus=resources.actor_cpus, num_gpus=1 if resources.device == "cuda" else 0,

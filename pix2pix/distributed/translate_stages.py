@@ -130,11 +130,12 @@ class GeneratorStage:
     """The actor-pool stage: one generator per actor, loaded once."""
 
     def __init__(self, checkpoint_uri: str, device: str, precision: str, threads: int,
-                 micro_batch: int, stochastic: bool, seed: int):
+                 micro_batch: int, stochastic: bool, seed: int, palette: dict | None = None):
         set_threads(threads)
         precision = resolve_precision(precision, device)  # "auto" only when the driver could not tell
         generator, _ = checkpoint.load_generator(checkpoint_uri, device=device)
-        self.translator = Translator(generator, device, precision, micro_batch=micro_batch, stochastic=stochastic)
+        self.translator = Translator(generator, device, precision, micro_batch=micro_batch, stochastic=stochastic,
+                                     palette=palette)
         self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
