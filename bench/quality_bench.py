@@ -1,9 +1,10 @@
 """Quality on real data at equal wall time and equal pairs: one of the project's recipes
-(--recipe: the defaults, or the paper's model at half width, ngf = ndf = 32, with the paper's or
-twice its learning rate; all instance norm, exact-colour target resize) against the paper's
+(--recipe: "compact", the CPU default: half width, twice the learning rate; "paper-widths", the
+GPU default; "compact-paper-lr": half width at the paper's rate; all with instance norm and the
+target resized nearest-neighbour, pix2pix.training.RECIPES) against the paper's
 plain recipe, on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
 
-    python bench/quality_bench.py --minutes 20 --seeds 0 1 --recipe compact
+    python bench/quality_bench.py --minutes 15 --seeds 0 1 --recipe compact
 
 For each seed the two recipes train side by side, each in its own process pinned to its own
 CPU core with one torch thread, for the same wall-time budget (same machine, same moment, so
@@ -38,20 +39,19 @@ def recipe(name: str, seed: int):
     """(TrainConfig, target interpolation) of a recipe."""
     import cv2
 
-    from pix2pix.training import TrainConfig
+    from pix2pix.training import RECIPES, TrainConfig
 
     if name == "paper":  # Isola et al.: batch 1, batch norm, fp32, bicubic resize of both images
         paper = TrainConfig(ngf=64, ndf=64, norm="batch", batch_size=1, precision="fp32", seed=seed)
         return paper, cv2.INTER_CUBIC
-    recipes = {  # instance norm, batch 1, the target resized nearest-neighbour (exact class colours)
-        "defaults": TrainConfig(seed=seed),  # the project's defaults: the paper's widths
-        "compact": TrainConfig(ngf=32, ndf=32, seed=seed),  # half width
-        "compact-lr": TrainConfig(ngf=32, ndf=32, lr=4e-4, seed=seed),  # half width, Adam lr x2 (muP-style)
-    }
-    return recipes[name], cv2.INTER_NEAREST
+    # The project's recipes: instance norm, batch 1, the target resized nearest-neighbour.
+    if name == "compact-paper-lr":  # half width at the paper's lr: the first session's "compact"
+        return TrainConfig(ngf=32, ndf=32, seed=seed), cv2.INTER_NEAREST
+    library_name = {"compact": "compact", "paper-widths": "paper"}[name]
+    return TrainConfig(**RECIPES[library_name], seed=seed), cv2.INTER_NEAREST
 
 
-RECIPES = ("defaults", "compact", "compact-lr")
+RECIPES = ("compact", "paper-widths", "compact-paper-lr")
 
 
 def load_pairs(split: str) -> list:

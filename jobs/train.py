@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults, storage  # noqa: E402
 from pix2pix.networks import NORM_KINDS  # noqa: E402
-from pix2pix.training import TrainConfig  # noqa: E402
+from pix2pix.training import RECIPES, TrainConfig, default_recipe  # noqa: E402
 
 # The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
-DEMO_RECIPE = {"image_size": 128, "ngf": 32, "ndf": 32, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
+DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
 DEFAULTS = TrainConfig()  # the paper's recipe, except instance norm
 
 
@@ -45,21 +45,23 @@ def parse_args(argv=None):
                        help="torch threads per worker (default: the node's cores shared among its workers; 1 on GPU)")
     scale.add_argument("--max-failures", type=int, default=3,
                        help="worker-group restarts from the latest checkpoint before the run fails")
-    recipe = parser.add_argument_group(
-        "recipe (the paper's, except instance norm; on a small CPU budget --ngf 32 --ndf 32 trains faster: "
-        "see bench/README.md, Quality)")
+    recipe = parser.add_argument_group("recipe (the paper's, with instance norm)")
+    recipe.add_argument("--recipe", choices=("auto", *RECIPES), default="auto",
+                        help="widths and learning rate: paper (ngf = ndf = 64, lr 2e-4) or compact (32, 32, 4e-4: "
+                        "better on a CPU budget, see bench/README.md, Quality); auto: compact when training on "
+                        "CPUs, paper on GPUs. --ngf, --ndf and --lr override it")
     recipe.add_argument("--epochs", type=int, default=None, help=f"epochs at the initial lr (default: {DEFAULTS.epochs})")
     recipe.add_argument("--epochs-decay", type=int, default=None,
                         help=f"then epochs of linear decay to 0 (default: {DEFAULTS.epochs_decay})")
     recipe.add_argument("--batch-size", type=int, default=None, help=f"per worker (default: {DEFAULTS.batch_size})")
-    recipe.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate, G and D")
+    recipe.add_argument("--lr", type=float, default=None, help="Adam learning rate, G and D (default: the recipe's)")
     recipe.add_argument("--beta1", type=float, default=DEFAULTS.beta1, help="Adam beta1")
     recipe.add_argument("--lambda-l1", type=float, default=DEFAULTS.lambda_l1, help="weight of the L1 term")
     recipe.add_argument("--image-size", type=int, default=None, help=f"training crop (default: {DEFAULTS.image_size})")
     recipe.add_argument("--norm", choices=NORM_KINDS, default=DEFAULTS.norm,
                         help="instance keeps tiles independent of batch mates; batch is the paper's")
-    recipe.add_argument("--ngf", type=int, default=None, help=f"generator width (default: {DEFAULTS.ngf})")
-    recipe.add_argument("--ndf", type=int, default=None, help=f"discriminator width (default: {DEFAULTS.ndf})")
+    recipe.add_argument("--ngf", type=int, default=None, help="generator width (default: the recipe's)")
+    recipe.add_argument("--ndf", type=int, default=None, help="discriminator width (default: the recipe's)")
     recipe.add_argument("--depth", type=int, default=None, help="U-Net down steps (default: log2(image size), max 8)")
     recipe.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="generator dropout")
     recipe.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -80,12 +82,12 @@ def parse_args(argv=None):
     return args
 
 
-def train_config(args, demo: bool) -> TrainConfig:
+def train_config(args, demo: bool, recipe: str) -> TrainConfig:
     chosen = {name: getattr(args, name) for name in
-              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size")
+              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr")
               if getattr(args, name) is not None}
-    base = DEMO_RECIPE if demo else {}
-    return TrainConfig(**{**base, **chosen}, norm=args.norm, dropout=args.dropout, lr=args.lr, beta1=args.beta1,
+    base = {**RECIPES[recipe], **(DEMO_SETTINGS if demo else {})}
+    return TrainConfig(**{**base, **chosen}, norm=args.norm, dropout=args.dropout, beta1=args.beta1,
                        lambda_l1=args.lambda_l1, precision=args.precision, channels_last=args.channels_last,
                        seed=args.seed)
 
@@ -98,8 +100,7 @@ def dataset_direction(data_uri: str) -> str:
 def main() -> int:
     args = parse_args()
     demo = args.data is None
-    config = train_config(args, demo)
-    config.validate()
+    train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
     from pix2pix.distributed import session, train
 
     if not demo:
@@ -116,6 +117,9 @@ def main() -> int:
     storage_uri = args.storage or defaults.DEMO_RUNS
     name = args.name or defaults.DEMO_RUN_NAME
     resources = train.plan_resources(args.num_workers or 1, args.gpu, args.cpus_per_worker, args.threads)
+    recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
+    config = train_config(args, demo, recipe)
+    config.validate()
     job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
                           threads=resources.threads, checkpoint_every=args.checkpoint_every)
     started = time.perf_counter()
@@ -130,6 +134,7 @@ def main() -> int:
         "epoch": result.metrics.get("epoch"),
         "step": result.metrics.get("step"),
         "metrics": {key: value for key, value in result.metrics.items() if key.startswith(("val_", "G_", "D_"))},
+        "recipe": {"name": recipe, "ngf": config.ngf, "ndf": config.ndf, "lr": config.lr},
         "workers": resources.num_workers,
         "device": "gpu" if resources.use_gpu else "cpu",
         "seconds": round(time.perf_counter() - started, 1),

@@ -237,5 +237,7 @@ def test_real_job_submission(dataset, tmp_path):
         )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "succeeded" in (completed.stdout + completed.stderr).lower()
+    # --recipe auto on CPUs is compact: its learning rate, the widths given on the command line
+    assert '"recipe": {"name": "compact", "ngf": 8, "ndf": 8, "lr": 0.0004}' in completed.stdout
     exported, info = checkpoint.load_generator(str(tmp_path / "runs" / "submitted"))
     assert info.epoch == 1

@@ -1,10 +1,12 @@
+import importlib.util
 import math
 
 import pytest
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, linear_decay
+from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay
+from tests.conftest import REPO
 
 TINY = TrainConfig(image_size=64, ngf=8, ndf=8, epochs=2, epochs_decay=2, batch_size=2, precision="fp32")
 
@@ -105,3 +107,17 @@ def test_balance_warning():
     assert "discriminator is winning" in balance_warning([fine, d_wins, d_wins])
     g_wins = {"G_GAN": 0.1, "G_L1": 0.3, "D_real": 0.5, "D_fake": 3.5}
     assert "generator is winning" in balance_warning([g_wins, g_wins])
+
+
+def test_train_job_recipes_and_their_overrides():
+    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.parse_args([])
+    assert job.train_config(args, False, "paper") == TrainConfig()
+    assert job.train_config(args, False, "compact") == TrainConfig(ngf=32, ndf=32, lr=4e-4)
+    demo = job.train_config(args, True, "compact")
+    assert (demo.image_size, demo.ngf, demo.lr) == (128, 32, 4e-4)
+    overridden = job.train_config(job.parse_args(["--ngf", "48", "--lr", "1e-3"]), False, "compact")
+    assert (overridden.ngf, overridden.ndf, overridden.lr) == (48, 32, 1e-3)
+    assert default_recipe(use_gpu=True) == "paper" and default_recipe(use_gpu=False) == "compact"

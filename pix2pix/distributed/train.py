@@ -288,7 +288,8 @@ def check_resume(run: storage.Location, config: TrainConfig) -> None:
         checkpoint.check_architecture(checkpoint.read_export_info(latest).generator, config.generator_config(),
                                       latest.uri)
     except checkpoint.CheckpointError as error:
-        raise checkpoint.CheckpointError(f"cannot resume: {error}; use another --name to start a new run") from None
+        raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or --ngf/--ndf), "
+                                         "or use another --name to start a new run") from None
 
 
 def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
