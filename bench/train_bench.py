@@ -2,6 +2,7 @@
 against fp32, measured side by side in one run on real pairs (../shared/data/recife).
 
     .venv/bin/python bench/train_bench.py [--pairs 48] [--batch-size 4] [--ngf 64]
+    .venv/bin/python bench/train_bench.py --side-by-side --pairs 64   # both at once, a core each
 
 Run it on an idle machine: Ray workers run at nice 15, so any other load starves them.
 The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
@@ -81,6 +82,55 @@ def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> d
             "ray_input_wait_fraction": last["input_wait_fraction"]}
 
 
+def bare_child(raw: Path, config: TrainConfig, log: Path, stop: Path) -> None:
+    """Side by side: the bare loop on core 0, one thread, logging each step's end until told to stop."""
+    os.sched_setaffinity(0, {0})
+    set_threads(1)
+    batches = decoded_batches(raw, config, 8)
+    model = Pix2Pix(config)
+    with open(log, "w") as out:
+        while not stop.exists():
+            for source, target in batches:
+                model.train_step(source, target)
+                out.write(f"{time.time()}\n")
+                out.flush()
+
+
+def side_by_side(config: TrainConfig, work: Path) -> dict[str, float]:
+    """The Ray job (driver, Ray's daemons, workers and data tasks all pinned to core 1) and the
+    bare loop (core 0) at once, one torch thread each: the VM's drift hits both alike."""
+    import subprocess
+
+    from pix2pix.distributed import session, train
+    from pix2pix.distributed.prepare import prepare
+
+    log, stop = work / "bare.log", work / "stop"
+    child = subprocess.Popen([sys.executable, __file__, "--bare-child", str(work / "raw"), str(log), str(stop),
+                              "--ngf", str(config.ngf), "--batch-size", str(config.batch_size)])
+    try:
+        os.sched_setaffinity(0, {1})  # Ray's processes inherit it
+        session.init()
+        prepare(str(work / "raw"), str(work / "data"), val_fraction=0.0)
+        resources = train.Resources(num_workers=1, use_gpu=False, cpus_per_worker=0.5, threads=1)
+        job = train.JobConfig(train=config, data_uri=str(work / "data"), threads=1, checkpoint_every=100)
+        result = train.fit(job, resources, str(work / "runs"), "bench")
+        ended = time.time()
+        if result.error:
+            raise RuntimeError(result.error)
+    finally:
+        stop.touch()
+        child.wait()
+    last = result.metrics
+    steps = [float(line) for line in log.read_text().split()]
+    window = [t for t in steps if ended - last["epoch_seconds"] <= t <= ended]
+    bare = (len(window) - 1) * config.batch_size / (window[-1] - window[0])
+    pairs = last["pairs_per_s"] * last["epoch_seconds"]
+    steady = pairs / (last["epoch_seconds"] - last["first_batch_seconds"])
+    return {"bare_1core_pairs_per_s": bare, "ray_1core_pairs_per_s": last["pairs_per_s"],
+            "ray_1core_steady_pairs_per_s": steady, "ray_vs_bare_side_by_side": last["pairs_per_s"] / bare,
+            "ray_steady_vs_bare_side_by_side": steady / bare, "ray_epoch_start_s": last["first_batch_seconds"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=48, help="training pairs (one epoch)")
@@ -89,13 +139,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--epochs", type=int, default=2, help="Ray job epochs (the last one is reported)")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per bare-loop measurement")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="Ray job and bare loop at once, one core and one thread each (cancels VM drift)")
+    parser.add_argument("--bare-child", nargs=3, help=argparse.SUPPRESS)  # raw log stop
     args = parser.parse_args()
+    if args.bare_child:
+        raw, log, stop = (Path(part) for part in args.bare_child)
+        return bare_child(raw, TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size,
+                                           precision="fp32"), log, stop)
     if not RECIFE.is_dir():
         sys.exit(f"real data not found at {RECIFE}")
     fp32 = TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size, epochs=args.epochs,
                        epochs_decay=0, precision="fp32")
     bf16 = TrainConfig(**{**fp32.to_dict(), "precision": "bf16"})
     work = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    if args.side_by_side:
+        try:
+            copy_pairs(args.pairs, work / "raw")
+            results = side_by_side(fp32, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        results.update(batch_size=args.batch_size, ngf=args.ngf, pairs=args.pairs, epochs=args.epochs)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}))
+        return
     try:
         copy_pairs(args.pairs, work / "raw")
         batches = decoded_batches(work / "raw", fp32, args.steps + 1)
