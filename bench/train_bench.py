@@ -65,6 +65,12 @@ def decoded_batches(raw: Path, config: TrainConfig, count: int):
     return [(source[i:i + size], target[i:i + size]) for i in range(0, size * count, size)]
 
 
+def steady_pairs_per_s(epoch: dict[str, float]) -> float:
+    """An epoch's pairs/s without its wait for the first batch (Ray Data's per-epoch start)."""
+    pairs = epoch["pairs_per_s"] * epoch["epoch_seconds"]
+    return pairs / (epoch["epoch_seconds"] - epoch["first_batch_seconds"])
+
+
 def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> dict[str, float]:
     from pix2pix.distributed import session, train
 
@@ -75,9 +81,7 @@ def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> d
     if result.error:
         raise RuntimeError(result.error)
     last = result.metrics  # the last epoch: workers warm; Ray Data starts a new execution per epoch
-    pairs = last["pairs_per_s"] * last["epoch_seconds"]
-    return {"ray_fp32_pairs_per_s": last["pairs_per_s"],
-            "ray_steady_pairs_per_s": pairs / (last["epoch_seconds"] - last["first_batch_seconds"]),
+    return {"ray_fp32_pairs_per_s": last["pairs_per_s"], "ray_steady_pairs_per_s": steady_pairs_per_s(last),
             "ray_epoch_start_s": last["first_batch_seconds"],
             "ray_input_wait_fraction": last["input_wait_fraction"]}
 
@@ -124,8 +128,7 @@ def side_by_side(config: TrainConfig, work: Path) -> dict[str, float]:
     steps = [float(line) for line in log.read_text().split()]
     window = [t for t in steps if ended - last["epoch_seconds"] <= t <= ended]
     bare = (len(window) - 1) * config.batch_size / (window[-1] - window[0])
-    pairs = last["pairs_per_s"] * last["epoch_seconds"]
-    steady = pairs / (last["epoch_seconds"] - last["first_batch_seconds"])
+    steady = steady_pairs_per_s(last)
     return {"bare_1core_pairs_per_s": bare, "ray_1core_pairs_per_s": last["pairs_per_s"],
             "ray_1core_steady_pairs_per_s": steady, "ray_vs_bare_side_by_side": last["pairs_per_s"] / bare,
             "ray_steady_vs_bare_side_by_side": steady / bare, "ray_epoch_start_s": last["first_batch_seconds"]}
