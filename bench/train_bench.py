@@ -8,8 +8,9 @@ Run it on an idle machine: Ray workers run at nice 15, so any other load starves
 The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
 tasks while it trains, on the same cores, which is part of what it costs. This VM's speed
 drifts by up to 30% over minutes, so the bare loop runs before and after the Ray job and the
-ratios use their mean. "steady" leaves out each epoch's wait for its first batch (Ray Data
-starts a new execution per epoch, a fixed cost that a real epoch of thousands of pairs hides).
+ratios use their mean. The Ray figures are of the job's last epoch (workers warm); "steady"
+leaves out that epoch's wait for its first batch, which is near zero now that the whole run
+reads one Ray Data stream (it was the cost of restarting Ray Data every epoch).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def decoded_batches(raw: Path, config: TrainConfig, count: int):
 
 
 def steady_pairs_per_s(epoch: dict[str, float]) -> float:
-    """An epoch's pairs/s without its wait for the first batch (Ray Data's per-epoch start)."""
+    """An epoch's pairs/s without its wait for the first batch."""
     pairs = epoch["pairs_per_s"] * epoch["epoch_seconds"]
     return pairs / (epoch["epoch_seconds"] - epoch["first_batch_seconds"])
 
@@ -80,7 +81,7 @@ def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> d
     result = train.fit(job, resources, storage_uri, "bench")
     if result.error:
         raise RuntimeError(result.error)
-    last = result.metrics  # the last epoch: workers warm; Ray Data starts a new execution per epoch
+    last = result.metrics  # the last epoch: workers warm
     return {"ray_fp32_pairs_per_s": last["pairs_per_s"], "ray_steady_pairs_per_s": steady_pairs_per_s(last),
             "ray_epoch_start_s": last["first_batch_seconds"],
             "ray_input_wait_fraction": last["input_wait_fraction"]}

@@ -101,10 +101,10 @@ def main() -> int:
     args = parse_args()
     demo = args.data is None
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
-    from pix2pix.distributed import session, train
+    from pix2pix.distributed import ingest, session, train
 
     if not demo:
-        train.check_dataset(args.data)  # before starting Ray: a wrong URI fails in a second
+        ingest.check_dataset(args.data)  # before starting Ray: a wrong URI fails in a second
     session.init()
     if demo:
         args.data = defaults.DEMO_DATA
@@ -145,6 +145,6 @@ def main() -> int:
 if __name__ == "__main__":
     from pix2pix.checkpoint import CheckpointError
     from pix2pix.distributed.prepare import PrepareError
-    from pix2pix.distributed.train import DatasetError
+    from pix2pix.distributed.ingest import DatasetError
 
     cli.run(main, (CheckpointError, PrepareError, DatasetError))

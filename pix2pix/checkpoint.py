@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
@@ -112,6 +113,11 @@ def find_export(uri: str) -> storage.Location:
 def latest_checkpoint(run: storage.Location) -> storage.Location | None:
     """The newest complete ``checkpoint_*`` directory of a run (Ray Train names them by time);
     one left incomplete by a crash is passed over."""
+    return next(complete_checkpoints(run), None)
+
+
+def complete_checkpoints(run: storage.Location) -> Iterator[storage.Location]:
+    """A run's complete ``checkpoint_*`` directories, newest first."""
     selector = pafs.FileSelector(run.path, recursive=False, allow_not_found=True)
     names = sorted(
         posixpath.basename(entry.path)
@@ -120,8 +126,7 @@ def latest_checkpoint(run: storage.Location) -> storage.Location | None:
     )
     for name in reversed(names):
         if _has_complete_export(run.join(name)):
-            return run.join(name)
-    return None
+            yield run.join(name)
 
 
 def _has_export(location: storage.Location) -> bool:

@@ -23,7 +23,6 @@ from pix2pix.data import to_model_range
 from pix2pix.demo import write_pairs
 from pix2pix.evaluation import (
     EvaluateOptions,
-    EvaluationError,
     evaluate,
     evaluate_records,
     open_split,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -140,14 +139,15 @@ def test_ddp_matches_one_process_on_the_combined_batches(dataset, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pix2pix.distributed.train import build_datasets
+    from pix2pix.distributed.ingest import build_datasets, data_config
 
     # depth 4: no 1x1 bottleneck, whose instance norm would leave kernel weights without gradient
     train = TrainConfig(image_size=64, ngf=8, ndf=8, depth=4, batch_size=2, precision="fp32", dropout=0.0)
     trainer = TorchTrainer(
         record_ddp_steps, train_loop_config={"train": train, "out": str(tmp_path)},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets={"train": build_datasets(dataset, 64, seed=0)["train"]},
+        datasets={"train": build_datasets(dataset, 64, seed=0, epochs=range(1)).datasets["train"]},
+        dataset_config=data_config(),
         run_config=ray.train.RunConfig(name="equivalence", storage_path=str(tmp_path / "runs")),
     )
     assert trainer.fit().error is None
@@ -223,6 +223,14 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
     assert completed.returncode == 1 and "no training shards" in completed.stderr
     completed = run_job("--learning-rate", "1")
     assert completed.returncode == 2 and len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):
+    completed = run_job("--data", dataset, "--storage", str(tmp_path), "--num-workers", "2", "--batch-size", "9",
+                        "--image-size", "64", "--depth", "4", "--ngf", "8", "--ndf", "8")
+    assert completed.returncode == 1
+    lines = completed.stderr.strip().splitlines()
+    assert lines[-1] == "error: 16 training pairs make no full batch per worker (2 workers x --batch-size 9)"
 
 
 def test_real_job_submission(dataset, tmp_path):

@@ -17,5 +17,7 @@ def init() -> None:
         address=os.environ.get("RAY_ADDRESS"),
         logging_level=logging.WARNING,
         log_to_driver=True,
-        runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}},
+        # Ray Train's print patch tees each worker print to stdout and to a logger that prints it
+        # again: every epoch line would reach the driver twice.
+        runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )

@@ -1,7 +1,8 @@
-"""pix2pix DDP training on Ray Train: datasets, the per-worker loop, the trainer.
+"""pix2pix DDP training on Ray Train: the per-worker loop and the trainer.
 
-Ray Data reads the Parquet shards and decodes + augments them in CPU tasks; each worker only
-computes, iterating its shard with ``iter_torch_batches``. Validation reads the whole val
+Ray Data reads the Parquet shards and decodes + augments them in CPU tasks (see ingest); each
+worker only computes, iterating its part of the run's training stream with
+``iter_torch_batches`` and cutting it into epochs by count. Validation reads the whole val
 split on every worker, but each pair is evaluated by exactly one worker (chosen by a hash of
 its key), and the metric sums are all-reduced, so the result covers the whole split once.
 """
@@ -12,20 +13,19 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from ray.data.datasource import FileShuffleConfig
+from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.data import paired_transform, preprocess_records
+from pix2pix.distributed.ingest import DatasetError, batches_per_epoch, build_datasets, data_config
 from pix2pix.metrics import MetricAccumulator, to_uint8
 from pix2pix.precision import set_threads
 from pix2pix.tiles import image_grid
@@ -36,63 +36,19 @@ SAMPLE_PAIRS = 6
 SHUFFLE_BUFFER = 64
 
 
-class DatasetError(ValueError):
-    """The prepared dataset is missing or empty."""
-
-
 @dataclass
 class JobConfig:
     """Everything the workers need besides the model recipe."""
 
     train: TrainConfig
     data_uri: str
+    batches_per_epoch: int = 0  # per worker; fit() counts it from the shards
+    run_uri: str = ""  # the run's folder in the storage path; fit() sets it
     direction: str = "AtoB"
     threads: int = 1
     checkpoint_every: int = 1
     palette: dict | None = None
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
-
-
-def shard_files(data: storage.Location, split: str) -> list[str]:
-    return [path for path in storage.list_files(data.join(split), (".parquet",))]
-
-
-def augment_batch(batch: pa.Table, image_size: int, train: bool, keep_keys: bool) -> dict[str, np.ndarray]:
-    """map_batches function: decode + augment shard rows into uint8 NCHW arrays."""
-    records = batch.to_pylist()
-    out = preprocess_records(records, paired_transform(image_size, train=train))
-    if not keep_keys:
-        del out["key"]
-    return out
-
-
-def check_dataset(data_uri: str) -> tuple[list[str], list[str]]:
-    """The train and val shard files; a clear error when there is nothing to train on."""
-    data = storage.resolve(data_uri)
-    if not storage.is_dir(data):
-        raise DatasetError(f"dataset not found: {data_uri} (prepare one with jobs/prepare.py)")
-    train_files, val_files = shard_files(data, "train"), shard_files(data, "val")
-    if not train_files:
-        raise DatasetError(f"no training shards under {data_uri}/train: run jobs/prepare.py first")
-    return train_files, val_files
-
-
-def build_datasets(data_uri: str, image_size: int, seed: int) -> dict[str, ray.data.Dataset]:
-    data = storage.resolve(data_uri)
-    train_files, val_files = check_dataset(data_uri)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
-    datasets = {
-        "train": ray.data.read_parquet(
-            train_files, filesystem=data.filesystem,
-            shuffle=FileShuffleConfig(seed=seed, reseed_after_execution=True),
-        ).map_batches(augment_batch, fn_kwargs={"image_size": image_size, "train": True, "keep_keys": False},
-                      batch_size=16, batch_format="pyarrow")
-    }
-    if val_files:
-        datasets["val"] = ray.data.read_parquet(val_files, filesystem=data.filesystem).map_batches(
-            augment_batch, fn_kwargs={"image_size": image_size, "train": False, "keep_keys": True},
-            batch_size=16, batch_format="pyarrow")
-    return datasets
 
 
 def owner_rank(key: str, world_size: int) -> int:
@@ -119,21 +75,27 @@ class EpochResult:
     input_wait_seconds: float  # all of this worker's waits for input, the first included
 
 
-def train_epoch(model: Pix2Pix, shard, config: JobConfig) -> EpochResult:
-    """One pass over this worker's shard."""
+def training_batches(shard, config: JobConfig):
+    """This worker's part of the run's training stream (one Ray Data execution for all epochs)."""
+    return iter(shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
+                                         local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"))
+
+
+def train_epoch(model: Pix2Pix, stream, config: JobConfig) -> EpochResult:
+    """The next ``config.batches_per_epoch`` batches of this worker's stream."""
     started = time.perf_counter()
     sums = dict.fromkeys(LOSS_NAMES, 0.0)
     waits: list[float] = []
+    steps = 0
     crash_at = config.extra.get("crash_at_step")
     progress = config.extra.get("progress_dir")
-    stream = iter(shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
-                                           local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"))
-    while True:
+    for _ in range(config.batches_per_epoch):
         asked = time.perf_counter()
         batch = next(stream, None)
         waits.append(time.perf_counter() - asked)
         if batch is None:
             break
+        steps += 1
         parts = model.train_step(batch["source"], batch["target"])
         for name in LOSS_NAMES:
             sums[name] += float(parts[name])
@@ -141,7 +103,7 @@ def train_epoch(model: Pix2Pix, shard, config: JobConfig) -> EpochResult:
             _record_progress(progress, model.step)
         if crash_at is not None and model.step == crash_at and _first_attempt(config):
             os._exit(1)  # a test hook: the worker dies like a lost node
-    totals = all_reduce_sum([*sums.values(), float(len(waits) - 1)])
+    totals = all_reduce_sum([*sums.values(), float(steps)])
     count = max(totals[-1], 1.0)
     return EpochResult(losses={name: total / count for name, total in zip(LOSS_NAMES, totals)},
                        batches=int(totals[-1]), seconds=time.perf_counter() - started,
@@ -185,7 +147,7 @@ def validate(model: Pix2Pix, shard, config: JobConfig, rank: int, world_size: in
     return metrics, samples
 
 
-def sample_grid(model: Pix2Pix, samples) -> "Image":
+def sample_grid(model: Pix2Pix, samples) -> Image.Image:
     source = torch.from_numpy(np.stack([s for _, s, _ in samples]))
     generated = to_uint8(model.translate(source)).permute(0, 2, 3, 1).numpy()
     rows = [[s.transpose(1, 2, 0), g, t.transpose(1, 2, 0)] for (_, s, t), g in zip(samples, generated)]
@@ -202,24 +164,34 @@ def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples) 
         sample_grid(model, samples).save(os.path.join(directory, SAMPLES_FILE))
 
 
+def restore_latest(model: Pix2Pix, run_uri: str) -> None:
+    """Load the run's newest checkpoint whose files are whole, read from storage: Ray Train
+    registers a reported checkpoint only when its controller next polls the workers (every
+    2 s), so a group that dies right after a report would restart from the one before."""
+    for candidate in checkpoint.complete_checkpoints(storage.resolve(run_uri)):
+        try:
+            state = checkpoint.load_training_state(candidate)
+        except (checkpoint.CheckpointError, FileNotFoundError):  # the export was whole, the state not
+            continue
+        model.load_state_dict(state)
+        return
+
+
 def train_loop_per_worker(job: dict) -> None:
     config: JobConfig = job["config"]
     set_threads(config.threads)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     model = Pix2Pix(config.train, ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as directory:
-            model.load_state_dict(checkpoint.load_training_state(storage.resolve(directory)))
+    restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
-    train_shard = ray.train.get_dataset_shard("train")
+    stream = training_batches(ray.train.get_dataset_shard("train"), config)
     val_shard = ray.train.get_dataset_shard("val") if job["has_val"] else None
     history: list[dict[str, float]] = []
     while model.epoch < config.train.total_epochs:
-        epoch = train_epoch(model, train_shard, config)
+        epoch = train_epoch(model, stream, config)
         if epoch.batches == 0:
-            raise DatasetError("no full batch per worker: fewer training pairs than workers x --batch-size")
+            raise DatasetError("the training stream ended early")
         learning_rate = model.learning_rate
         model.end_epoch()
         history.append(epoch.losses)
@@ -278,36 +250,44 @@ def plan_resources(num_workers: int, gpu: bool | None, cpus_per_worker: float | 
     return Resources(num_workers, use_gpu, cpus_per_worker, threads)
 
 
-def check_resume(run: storage.Location, config: TrainConfig) -> None:
-    """Refuse, in one line and before any worker starts, to resume a run whose latest
-    checkpoint is of another architecture (every worker attempt would fail on it)."""
+def check_resume(run: storage.Location, config: TrainConfig) -> int:
+    """The epoch the run resumes from (0 for a new run). Refuse, in one line and before any
+    worker starts, to resume a run whose latest checkpoint is of another architecture (every
+    worker attempt would fail on it)."""
     latest = checkpoint.latest_checkpoint(run)
     if latest is None:
-        return
+        return 0
+    info = checkpoint.read_export_info(latest)
     try:
-        checkpoint.check_architecture(checkpoint.read_export_info(latest).generator, config.generator_config(),
-                                      latest.uri)
+        checkpoint.check_architecture(info.generator, config.generator_config(), latest.uri)
     except checkpoint.CheckpointError as error:
         raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or --ngf/--ndf), "
                                          "or use another --name to start a new run") from None
+    return info.epoch
 
 
 def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2) -> ray.train.Result:
     location = storage.resolve(storage_uri)
-    check_resume(location.join(name), config.train)
-    datasets = build_datasets(config.data_uri, config.train.image_size, config.train.seed)
+    first_epoch = check_resume(location.join(name), config.train)
+    data = build_datasets(config.data_uri, config.train.image_size, config.train.seed,
+                          range(first_epoch, config.train.total_epochs))
+    config = replace(config, run_uri=location.join(name).uri, batches_per_epoch=batches_per_epoch(
+        data.train_rows, resources.num_workers, config.train.batch_size))
+    if config.batches_per_epoch == 0:
+        raise DatasetError(f"{data.train_rows} training pairs make no full batch per worker "
+                           f"({resources.num_workers} workers x --batch-size {config.train.batch_size})")
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "has_val": "val" in datasets},
+        train_loop_config={"config": config, "has_val": "val" in data.datasets},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if resources.use_gpu else {})},
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=data.datasets,
+        dataset_config=data_config(),
         run_config=ray.train.RunConfig(
             name=name, storage_path=location.path, storage_filesystem=location.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),

@@ -119,6 +119,6 @@ def test_prepare_and_training_survive_s3_faults_and_a_killed_worker(ray_session,
            "none", prepare_seconds)
     record(f"train: SIGKILL of DDP worker 1 at step {step_at_kill} (epoch 2 of 2, {STEPS_PER_EPOCH} steps/epoch), "
            f"with {training_faults} S3 faults on data and checkpoints",
-           f"group restarted from the epoch-1 checkpoint (max_failures=1) and finished; final export = "
-           f"training state", f"{steps_lost} steps recomputed (bound: {STEPS_PER_EPOCH}); no data",
+           "group restarted from the epoch-1 checkpoint (max_failures=1) and finished; final export = "
+           "training state", f"{steps_lost} steps recomputed (bound: {STEPS_PER_EPOCH}); no data",
            back - killed_at)
