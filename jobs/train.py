@@ -40,9 +40,10 @@ def parse_args(argv=None):
                         help="train on GPUs (nccl); needed on an autoscaling cluster that starts with no GPU node")
     device.add_argument("--cpu", dest="gpu", action="store_false", help="train on CPUs (gloo)")
     scale.add_argument("--cpus-per-worker", type=float, default=None,
-                       help="CPUs reserved per worker (default: leaves one CPU for data loading on CPU clusters)")
+                       help="CPUs reserved per worker (default: on CPUs the nodes' CPUs shared among the workers, "
+                       "since each worker decodes its own data; 1 on GPUs)")
     scale.add_argument("--threads", type=int, default=None,
-                       help="torch threads per worker (default: the node's cores shared among its workers; 1 on GPU)")
+                       help="torch threads per worker (default: its whole CPUs; 1 on GPU)")
     scale.add_argument("--max-failures", type=int, default=3,
                        help="worker-group restarts from the latest checkpoint before the run fails")
     recipe = parser.add_argument_group("recipe (the paper's, with instance norm)")
@@ -72,6 +73,7 @@ def parse_args(argv=None):
     recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
     parser.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N epochs (and at the end)")
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (each holds G, D, optimizers)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs (quiet by default)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
     args = parser.parse_args(argv)
@@ -101,11 +103,12 @@ def main() -> int:
     args = parse_args()
     demo = args.data is None
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
-    from pix2pix.distributed import ingest, session, train
+    from pix2pix import shards
+    from pix2pix.distributed import session, train
 
     if not demo:
-        ingest.check_dataset(args.data)  # before starting Ray: a wrong URI fails in a second
-    session.init()
+        shards.find_shards(args.data)  # before starting Ray: a wrong URI fails in a second
+    session.init(args.verbose)
     if demo:
         args.data = defaults.DEMO_DATA
         if not storage.exists(storage.resolve(defaults.DEMO_DATA).join("train")):
@@ -123,7 +126,7 @@ def main() -> int:
     job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
                           threads=resources.threads, checkpoint_every=args.checkpoint_every)
     started = time.perf_counter()
-    result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints)
+    result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints, args.verbose)
     if result.error:
         raise cli.JobError(f"training failed: {result.error}")
     final = storage.resolve(storage_uri).uri_of(result.checkpoint.path) if result.checkpoint else None
@@ -145,6 +148,6 @@ def main() -> int:
 if __name__ == "__main__":
     from pix2pix.checkpoint import CheckpointError
     from pix2pix.distributed.prepare import PrepareError
-    from pix2pix.distributed.ingest import DatasetError
+    from pix2pix.shards import DatasetError
 
     cli.run(main, (CheckpointError, PrepareError, DatasetError))

@@ -1,15 +1,20 @@
 """pix2pix DDP training on Ray Train: the per-worker loop and the trainer.
 
-Ray Data reads the Parquet shards and decodes + augments them in CPU tasks (see ingest); each
-worker only computes, iterating its part of the run's training stream with
-``iter_torch_batches`` and cutting it into epochs by count. Validation reads the whole val
-split on every worker, but each pair is evaluated by exactly one worker (chosen by a hash of
-its key), and the metric sums are all-reduced, so the result covers the whole split once.
+Each worker reads its own part of every epoch from the prepared shards and decodes it in a
+background thread of its own process (pix2pix/shards.py); validation reads the val split the
+same way, each pair on exactly one worker (chosen by a hash of its key), and the metric sums
+are all-reduced, so the result covers the whole split once.
+
+Why a run cannot deadlock: after the workers start, a run needs no Ray resource beyond the
+workers' own bundles. No data stage runs as a Ray task or actor, so no stage can hold a CPU
+that another stage (or validation) waits for, on any cluster size; ``plan_resources`` only
+sizes the workers' bundles to fit the nodes.
 """
 
 from __future__ import annotations
 
-import hashlib
+import heapq
+import math
 import os
 import tempfile
 import time
@@ -25,15 +30,17 @@ import torch.distributed as dist
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.distributed.ingest import DatasetError, batches_per_epoch, build_datasets, data_config
 from pix2pix.metrics import MetricAccumulator, to_uint8
 from pix2pix.precision import set_threads
+from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
+                            find_shards, owner_rank, records_where)
 from pix2pix.tiles import image_grid
 from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning
 
 SAMPLES_FILE = "samples.png"
 SAMPLE_PAIRS = 6
-SHUFFLE_BUFFER = 64
+VALIDATION_BATCH = 16
+PROGRESS_SECONDS = 30.0
 
 
 @dataclass
@@ -42,17 +49,14 @@ class JobConfig:
 
     train: TrainConfig
     data_uri: str
-    batches_per_epoch: int = 0  # per worker; fit() counts it from the shards
     run_uri: str = ""  # the run's folder in the storage path; fit() sets it
+    train_shards: Shards | None = None  # fit() finds them
+    val_shards: Shards | None = None
     direction: str = "AtoB"
     threads: int = 1
     checkpoint_every: int = 1
     palette: dict | None = None
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
-
-
-def owner_rank(key: str, world_size: int) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % world_size
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
@@ -71,43 +75,55 @@ class EpochResult:
     losses: dict[str, float]  # averaged over all workers
     batches: int  # over all workers
     seconds: float
-    first_batch_seconds: float  # this worker's wait for its first batch: the data stages' start-up
+    first_batch_seconds: float  # this worker's wait for its first batch
     input_wait_seconds: float  # all of this worker's waits for input, the first included
 
 
-def training_batches(shard, config: JobConfig):
-    """This worker's part of the run's training stream (one Ray Data execution for all epochs)."""
-    return iter(shard.iter_torch_batches(batch_size=config.train.batch_size, drop_last=True,
-                                         local_shuffle_buffer_size=SHUFFLE_BUFFER, device="cpu"))
+class Progress:
+    """Rank 0's line every PROGRESS_SECONDS: epoch, step of steps, pairs/s, ETA of the epoch."""
+
+    def __init__(self, epoch: int, steps: int, pairs_per_step: int, enabled: bool):
+        self.epoch, self.steps, self.pairs_per_step, self.enabled = epoch, steps, pairs_per_step, enabled
+        self.started = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < PROGRESS_SECONDS or done == self.steps:
+            return
+        self.last = now
+        rate = done / (now - self.started)
+        eta = (self.steps - done) / rate
+        print(f"epoch {self.epoch + 1}: step {done}/{self.steps}, {rate * self.pairs_per_step:.2f} pairs/s, "
+              f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
 
 
-def train_epoch(model: Pix2Pix, stream, config: JobConfig) -> EpochResult:
-    """The next ``config.batches_per_epoch`` batches of this worker's stream."""
+def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress: Progress) -> EpochResult:
+    """``steps`` batches (the same count on every worker)."""
     started = time.perf_counter()
-    sums = dict.fromkeys(LOSS_NAMES, 0.0)
+    sums = torch.zeros(len(LOSS_NAMES), device=model.device)  # summed on the device: no sync per step
     waits: list[float] = []
-    steps = 0
+    done = 0
     crash_at = config.extra.get("crash_at_step")
-    progress = config.extra.get("progress_dir")
-    for _ in range(config.batches_per_epoch):
+    progress_dir = config.extra.get("progress_dir")
+    for _ in range(steps):
         asked = time.perf_counter()
-        batch = next(stream, None)
+        batch = next(batches, None)
         waits.append(time.perf_counter() - asked)
         if batch is None:
             break
-        steps += 1
-        parts = model.train_step(batch["source"], batch["target"])
-        for name in LOSS_NAMES:
-            sums[name] += float(parts[name])
-        if progress is not None:
-            _record_progress(progress, model.step)
+        parts = model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+        sums += torch.stack([parts[name].detach().float() for name in LOSS_NAMES])
+        done += 1
+        progress.step(done)
+        if progress_dir is not None:
+            _record_progress(progress_dir, model.step)
         if crash_at is not None and model.step == crash_at and _first_attempt(config):
             os._exit(1)  # a test hook: the worker dies like a lost node
-    totals = all_reduce_sum([*sums.values(), float(steps)])
+    totals = all_reduce_sum([*sums.tolist(), float(done)])
     count = max(totals[-1], 1.0)
     return EpochResult(losses={name: total / count for name, total in zip(LOSS_NAMES, totals)},
                        batches=int(totals[-1]), seconds=time.perf_counter() - started,
-                       first_batch_seconds=waits[0], input_wait_seconds=sum(waits))
+                       first_batch_seconds=waits[0] if waits else 0.0, input_wait_seconds=sum(waits))
 
 
 def _record_progress(directory: str, step: int) -> None:
@@ -126,41 +142,40 @@ def _first_attempt(config: JobConfig) -> bool:
     return True
 
 
-def validate(model: Pix2Pix, shard, config: JobConfig, rank: int, world_size: int):
-    """Metrics over the whole val split (each pair on one worker) and, on rank 0, sample rows."""
+def validate(model: Pix2Pix, config: JobConfig, rank: int, world_size: int) -> dict[str, float]:
+    """Metrics over the whole val split: each worker evaluates the pairs it owns, sums are all-reduced."""
     accumulator = MetricAccumulator(palette=config.palette)
-    samples: list[tuple[str, np.ndarray, np.ndarray]] = []  # the SAMPLE_PAIRS smallest keys
-    for batch in shard.iter_batches(batch_size=16, batch_format="numpy"):
-        keys = [str(key) for key in batch["key"]]
-        mine = [i for i, key in enumerate(keys) if owner_rank(key, world_size) == rank]
-        if mine:
-            source = torch.from_numpy(batch["source"][mine])
-            target = torch.from_numpy(batch["target"][mine])
-            accumulator.update(model.translate(source), model.prepare_inputs(target).float())
-        if rank == 0:  # the same pairs every epoch: the smallest keys
-            candidates = samples + [(key, batch["source"][i], batch["target"][i]) for i, key in enumerate(keys)]
-            samples = sorted(candidates, key=lambda entry: entry[0])[:SAMPLE_PAIRS]
+    mine = records_where(config.data_uri, config.val_shards, lambda key: owner_rank(key, world_size) == rank)
+    for batch in evaluation_batches(mine, config.train.image_size, VALIDATION_BATCH):
+        target = model.prepare_inputs(torch.from_numpy(batch["target"])).float()
+        accumulator.update(model.translate(torch.from_numpy(batch["source"])), target)
     totals = accumulator.totals()
     names = sorted(totals)
     summed = dict(zip(names, all_reduce_sum([totals[name] for name in names])))
-    metrics = MetricAccumulator.summarize(summed) if summed.get("image_count") else {}
-    return metrics, samples
+    return MetricAccumulator.summarize(summed) if summed.get("image_count") else {}
 
 
-def sample_grid(model: Pix2Pix, samples) -> Image.Image:
-    source = torch.from_numpy(np.stack([s for _, s, _ in samples]))
-    generated = to_uint8(model.translate(source)).permute(0, 2, 3, 1).numpy()
-    rows = [[s.transpose(1, 2, 0), g, t.transpose(1, 2, 0)] for (_, s, t), g in zip(samples, generated)]
+def sample_pairs(config: JobConfig) -> dict[str, np.ndarray] | None:
+    """The val pairs with the SAMPLE_PAIRS smallest keys (the same every epoch), decoded once."""
+    records = heapq.nsmallest(SAMPLE_PAIRS, records_where(config.data_uri, config.val_shards, lambda _: True),
+                              key=lambda record: record["key"])
+    return next(evaluation_batches(iter(records), config.train.image_size, SAMPLE_PAIRS), None)
+
+
+def sample_grid(model: Pix2Pix, samples: dict[str, np.ndarray]) -> Image.Image:
+    generated = to_uint8(model.translate(torch.from_numpy(samples["source"]))).permute(0, 2, 3, 1).cpu().numpy()
+    rows = [[source.transpose(1, 2, 0), output, target.transpose(1, 2, 0)]
+            for source, output, target in zip(samples["source"], generated, samples["target"])]
     return image_grid(rows, gap=4)
 
 
-def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples) -> None:
+def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None) -> None:
     location = storage.resolve(directory)
     checkpoint.save_training_state(model.state_dict(), location)
     info = checkpoint.ExportInfo(generator=config.train.generator_config(), image_size=config.train.image_size,
                                  direction=config.direction, step=model.step, epoch=model.epoch)
     checkpoint.export_generator(model.generator, info, location)
-    if samples:
+    if samples is not None:
         sample_grid(model, samples).save(os.path.join(directory, SAMPLES_FILE))
 
 
@@ -185,13 +200,17 @@ def train_loop_per_worker(job: dict) -> None:
     model = Pix2Pix(config.train, ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
     restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
-    stream = training_batches(ray.train.get_dataset_shard("train"), config)
-    val_shard = ray.train.get_dataset_shard("val") if job["has_val"] else None
+    pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
+                          config.train.seed, rank, world_size)
+    samples = sample_pairs(config) if rank == 0 and config.val_shards else None
     history: list[dict[str, float]] = []
+    first_step_at = None
     while model.epoch < config.train.total_epochs:
-        epoch = train_epoch(model, stream, config)
+        progress = Progress(model.epoch, pairs.batches, config.train.batch_size * world_size, enabled=rank == 0)
+        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress)
         if epoch.batches == 0:
-            raise DatasetError("the training stream ended early")
+            raise DatasetError("the training data ended early")
+        first_step_at = first_step_at or time.time() - epoch.seconds + epoch.first_batch_seconds
         learning_rate = model.learning_rate
         model.end_epoch()
         history.append(epoch.losses)
@@ -199,28 +218,32 @@ def train_loop_per_worker(job: dict) -> None:
                    "lr": learning_rate, **epoch.losses,
                    "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
                    "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
-                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds}
-        samples = []
-        if val_shard is not None:
-            val_metrics, samples = validate(model, val_shard, config, rank, world_size)
-            metrics.update({f"val_{name}": value for name, value in val_metrics.items()})
-        warning = balance_warning(history)
-        if rank == 0:
-            print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
-        due = model.epoch % config.checkpoint_every == 0 or model.epoch == config.train.total_epochs
-        if due:
+                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds, "first_step_at": first_step_at}
+        reported = False
+        if model.epoch % config.checkpoint_every == 0 or model.epoch == config.train.total_epochs:
+            # Before validation: a slow or failing validation never costs the epoch.
+            started = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
                 if rank == 0:
                     save_checkpoint(model, config, directory, samples)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory)
                                  if rank == 0 else None)
-        else:
+            metrics["checkpoint_seconds"] = time.perf_counter() - started
+            reported = config.val_shards is None
+        if config.val_shards is not None:
+            started = time.perf_counter()
+            metrics.update({f"val_{name}": value for name, value in validate(model, config, rank, world_size).items()})
+            metrics["validation_seconds"] = time.perf_counter() - started
+        warning = balance_warning(history)
+        if rank == 0:
+            print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
+        if not reported:
             ray.train.report(metrics)
 
 
 def _epoch_line(metrics: dict) -> str:
     shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "pairs_per_s",
-             "input_wait_fraction"]
+             "epoch_seconds", "checkpoint_seconds", "validation_seconds", "input_wait_fraction"]
     return " ".join(f"{name}={metrics[name]:.4g}" if isinstance(metrics[name], float) else f"{name}={metrics[name]}"
                     for name in shown if name in metrics)
 
@@ -233,20 +256,29 @@ class Resources:
     threads: int
 
 
+def node_cpus() -> list[float]:
+    """CPUs of each alive node that has any (a head started with --num-cpus 0 has none)."""
+    return [node["Resources"]["CPU"] for node in ray.nodes()
+            if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+
+
 def plan_resources(num_workers: int, gpu: bool | None, cpus_per_worker: float | None,
-                   threads: int | None) -> Resources:
-    """Leave CPUs for the Ray Data stages: workers that reserve every CPU starve decoding and
-    the run hangs. On a CPU cluster, workers share what is left after one CPU for data."""
-    cluster = ray.cluster_resources()
-    cluster_cpus = cluster.get("CPU", 1.0)
-    use_gpu = cluster.get("GPU", 0) > 0 if gpu is None else gpu
+                   threads: int | None, nodes: list[float] | None = None) -> Resources:
+    """Workers' bundles that fit the nodes. Training needs nothing else (see the module's
+    docstring), so on CPUs the workers share every CPU: spread over the nodes, each worker gets
+    an equal part of the smallest node. On an autoscaling cluster with no worker node yet, and on
+    GPUs, a worker asks for one CPU (plus its GPU)."""
+    nodes = node_cpus() if nodes is None else nodes
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if gpu is None else gpu
     if cpus_per_worker is None:
-        if use_gpu:
+        if use_gpu or not nodes:
             cpus_per_worker = 1.0
         else:
-            cpus_per_worker = min(1.0, max(0.25, (cluster_cpus - 1.0) / num_workers))
+            per_node = math.ceil(num_workers / len(nodes))
+            share = min(nodes) / per_node
+            cpus_per_worker = float(math.floor(share)) if share >= 1 else math.floor(share * 100) / 100
     if threads is None:
-        threads = 1 if use_gpu else max(1, int(cluster_cpus // num_workers))
+        threads = 1 if use_gpu else max(1, int(cpus_per_worker))
     return Resources(num_workers, use_gpu, cpus_per_worker, threads)
 
 
@@ -267,31 +299,28 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
 
 
 def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
-        keep_checkpoints: int | None = 2) -> ray.train.Result:
+        keep_checkpoints: int | None = 2, verbose: bool = False) -> ray.train.Result:
     location = storage.resolve(storage_uri)
-    first_epoch = check_resume(location.join(name), config.train)
-    data = build_datasets(config.data_uri, config.train.image_size, config.train.seed,
-                          range(first_epoch, config.train.total_epochs))
-    config = replace(config, run_uri=location.join(name).uri, batches_per_epoch=batches_per_epoch(
-        data.train_rows, resources.num_workers, config.train.batch_size))
-    if config.batches_per_epoch == 0:
-        raise DatasetError(f"{data.train_rows} training pairs make no full batch per worker "
+    check_resume(location.join(name), config.train)
+    train_shards, val_shards = find_shards(config.data_uri)
+    if batches_per_epoch(train_shards.total_rows, resources.num_workers, config.train.batch_size) == 0:
+        raise DatasetError(f"{train_shards.total_rows} training pairs make no full batch per worker "
                            f"({resources.num_workers} workers x --batch-size {config.train.batch_size})")
+    config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "has_val": "val" in data.datasets},
+        train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if resources.use_gpu else {})},
         ),
-        datasets=data.datasets,
-        dataset_config=data_config(),
         run_config=ray.train.RunConfig(
             name=name, storage_path=location.path, storage_filesystem=location.filesystem,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
     )
     return trainer.fit()
