@@ -42,6 +42,7 @@ class ExportInfo:
     direction: str = "AtoB"
     step: int = 0
     epoch: int = 0
+    precision: str | None = None  # the precision it was trained at (None: not recorded)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -55,6 +56,7 @@ class ExportInfo:
                 "direction": self.direction,
                 "step": self.step,
                 "epoch": self.epoch,
+                "precision": self.precision,
                 "extra": self.extra,
             },
             indent=2,
@@ -75,6 +77,7 @@ class ExportInfo:
                 direction=raw.get("direction", "AtoB"),
                 step=int(raw.get("step", 0)),
                 epoch=int(raw.get("epoch", 0)),
+                precision=raw.get("precision"),
                 extra=raw.get("extra", {}),
             )
         except (KeyError, TypeError, ValueError) as error:

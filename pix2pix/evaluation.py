@@ -27,7 +27,7 @@ from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, pa
 from pix2pix.metrics import MetricAccumulator, snap_to_palette, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
 from pix2pix.palette import load_palette
-from pix2pix.precision import autocast, resolve_precision, set_threads
+from pix2pix.precision import autocast, inference_precision, set_threads
 from pix2pix.tiles import image_grid
 
 GRID_ROWS = 6
@@ -261,10 +261,10 @@ def evaluate(options: EvaluateOptions) -> dict:
     started = time.perf_counter()
     palette = load_palette(options.palette)
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    precision = resolve_precision(options.precision, device)
     set_threads(options.threads)
     torch.manual_seed(options.seed)
     generator, info = checkpoint.load_generator(options.checkpoint)
+    precision = inference_precision(options.precision, device, info.precision)
     # Raw pairs follow the checkpoint's direction; prepared shards carry the one they were prepared with.
     split = open_split(options.data, options.split, info.direction, options.source_dir, options.target_dir,
                        options.limit)

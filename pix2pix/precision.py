@@ -15,7 +15,11 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """AMX (Sapphire Rapids and later) or AVX512-BF16. Without them bf16 is emulated and
-    slower than fp32 (measured 2.6x slower on an AVX512-VNNI Xeon)."""
+    slower than fp32 (measured 2.6x slower on an AVX512-VNNI Xeon). PIX2PIX_CPU_BF16=0 (or 1)
+    overrides the detection, e.g. to run a whole test suite as a machine without it would."""
+    override = os.environ.get("PIX2PIX_CPU_BF16")
+    if override in ("0", "1"):
+        return override == "1"
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -29,9 +33,24 @@ def cpu_has_native_bf16() -> bool:
 
 def default_precision(device: torch.device | str) -> str:
     device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # pre-Ampere GPUs only emulate bf16: fp16 (with a GradScaler) there
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def native_precisions(device: torch.device | str) -> set[str]:
+    """The precisions a device runs at full speed."""
+    device = torch.device(device)
+    return {"fp32", default_precision(device)} | ({"fp16"} if device.type == "cuda" else set())
+
+
+def inference_precision(requested: str | None, device: torch.device | str, trained: str | None) -> str:
+    """The one rule for running a generator (validation, evaluation, translation): the requested
+    precision; for "auto", the precision the model was trained at where the device runs it
+    natively, so that evaluation reproduces the validation of training; else the device's best."""
+    if requested in (None, "auto") and trained in native_precisions(device):
+        return trained
+    return resolve_precision(requested, device)
 
 
 def resolve_precision(requested: str | None, device: torch.device | str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pix2pix.checkpoint import ExportInfo
 from pix2pix.losses import discriminator_loss, generator_loss
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.networks import (
@@ -187,6 +188,12 @@ class Pix2Pix:
         self.scheduler_g.step()
         self.scheduler_d.step()
         self.epoch += 1
+
+    def export_info(self, direction: str = "AtoB") -> ExportInfo:
+        """What the generator export records, its training precision included (inference at
+        "auto" then runs as validation did)."""
+        return ExportInfo(generator=self.config.generator_config(), image_size=self.config.image_size,
+                          direction=direction, step=self.step, epoch=self.epoch, precision=self.precision)
 
     @property
     def learning_rate(self) -> float:

@@ -625,11 +625,22 @@ def test_training_asks_for_gpus_before_any_gpu_node_exists(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 0.0})  # a head with num-cpus 0, workers at zero
-    plan = train.plan_resources(4, True, None, None)
+    plan = train.plan_resources(4, True, None, None, nodes=[])
     assert plan.use_gpu and plan.num_workers == 4 and plan.cpus_per_worker == 1.0
+
+
+def test_cpu_workers_share_the_nodes_and_fit_them(monkeypatch):
+    from pix2pix.distributed import train
+
     fake_cluster(monkeypatch, {"CPU": 2.0})  # CPU-only: auto-detection trains on CPUs
-    plan = train.plan_resources(2, None, None, None)
-    assert not plan.use_gpu and plan.cpus_per_worker < 1.0  # a CPU left for decoding
+    plan = train.plan_resources(1, None, None, None, nodes=[2.0])
+    assert not plan.use_gpu and (plan.cpus_per_worker, plan.threads) == (2.0, 2)  # no CPU kept for data tasks
+    assert train.plan_resources(3, None, None, None, nodes=[2.0]).cpus_per_worker == 0.66
+    # 4 workers on 3 nodes of 8: two per node at most, so each fits with 4 CPUs
+    plan = train.plan_resources(4, None, None, None, nodes=[8.0, 8.0, 8.0])
+    assert (plan.cpus_per_worker, plan.threads) == (4.0, 4)
+    assert train.plan_resources(2, None, None, None, nodes=[]).cpus_per_worker == 1.0  # nodes still to come
+    assert train.plan_resources(2, False, 0.5, 3, nodes=[2.0]) == train.Resources(2, False, 0.5, 3)
 
 
 def test_translate_places_generators_on_gpus_and_runs_on_cpus_alone(monkeypatch):

@@ -140,13 +140,13 @@ def test_prepared_shards_give_the_same_numbers_as_raw_pairs(raw_pairs, tiny_chec
     assert limited["pairs"] == 2
 
 
-def test_same_numbers_as_the_validation_during_training(raw_pairs, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "fp32"])  # auto: bf16 on CPUs that have it
+def test_same_numbers_as_the_validation_during_training(raw_pairs, tmp_path, precision):
     from pix2pix.data import paired_transform, preprocess_records
     from pix2pix.training import Pix2Pix, TrainConfig
 
-    model = Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp32"))
-    checkpoint.export_generator(model.generator, checkpoint.ExportInfo(model.config.generator_config(), 64),
-                                storage.resolve(str(tmp_path)))
+    model = Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision=precision))
+    checkpoint.export_generator(model.generator, model.export_info(), storage.resolve(str(tmp_path)))
     batch = preprocess_records(list(open_split(str(raw_pairs)).records()), paired_transform(64, train=False))
     expected = model.evaluate([(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))]).totals()
     expected = MetricAccumulator.summarize(expected)

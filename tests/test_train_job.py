@@ -121,15 +121,20 @@ def record_ddp_steps(job: dict) -> None:
     import ray.train.torch
 
     from pix2pix.precision import set_threads
+    from pix2pix.shards import TrainingPairs, find_shards
 
     set_threads(1)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     model = Pix2Pix(job["train"], "cpu", wrap=ray.train.torch.prepare_model)
     initial = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    pairs = TrainingPairs(job["data"], find_shards(job["data"])[0], 64, 2, seed=0, rank=rank,
+                          world_size=context.get_world_size())
     batches = []
-    for batch in ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=2, drop_last=True):
-        batches.append((batch["source"].clone(), batch["target"].clone()))
-        model.train_step(batch["source"], batch["target"])
-    rank = ray.train.get_context().get_world_rank()
+    for batch in pairs.epoch(0):
+        source, target = torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"])
+        batches.append((source.clone(), target.clone()))
+        model.train_step(source, target)
     torch.save({"batches": batches, "initial": initial, "generator": model.generator.state_dict(),
                 "discriminator": model.discriminator.state_dict()}, os.path.join(job["out"], f"rank{rank}.pt"))
     ray.train.report({"steps": len(batches)})
@@ -139,15 +144,11 @@ def test_ddp_matches_one_process_on_the_combined_batches(dataset, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pix2pix.distributed.ingest import build_datasets, data_config
-
     # depth 4: no 1x1 bottleneck, whose instance norm would leave kernel weights without gradient
     train = TrainConfig(image_size=64, ngf=8, ndf=8, depth=4, batch_size=2, precision="fp32", dropout=0.0)
     trainer = TorchTrainer(
-        record_ddp_steps, train_loop_config={"train": train, "out": str(tmp_path)},
+        record_ddp_steps, train_loop_config={"train": train, "out": str(tmp_path), "data": dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets={"train": build_datasets(dataset, 64, seed=0, epochs=range(1)).datasets["train"]},
-        dataset_config=data_config(),
         run_config=ray.train.RunConfig(name="equivalence", storage_path=str(tmp_path / "runs")),
     )
     assert trainer.fit().error is None

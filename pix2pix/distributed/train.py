@@ -172,9 +172,7 @@ def sample_grid(model: Pix2Pix, samples: dict[str, np.ndarray]) -> Image.Image:
 def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None) -> None:
     location = storage.resolve(directory)
     checkpoint.save_training_state(model.state_dict(), location)
-    info = checkpoint.ExportInfo(generator=config.train.generator_config(), image_size=config.train.image_size,
-                                 direction=config.direction, step=model.step, epoch=model.epoch)
-    checkpoint.export_generator(model.generator, info, location)
+    checkpoint.export_generator(model.generator, model.export_info(config.direction), location)
     if samples is not None:
         sample_grid(model, samples).save(os.path.join(directory, SAMPLES_FILE))
 

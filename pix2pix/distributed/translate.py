@@ -30,7 +30,7 @@ from pix2pix.distributed.translate_stages import (
 )
 from pix2pix.networks import check_image_size
 from pix2pix.palette import load_palette
-from pix2pix.precision import resolve_precision
+from pix2pix.precision import inference_precision
 from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
 from pix2pix.translation_plan import (
     PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, manifest_parts, read_manifest_part,
@@ -127,6 +127,7 @@ class Run:
     manifest: storage.Location | None = None
     manifest_parts: list | None = None
     palette: dict | None = None
+    trained_precision: str | None = None
 
 
 def check_run(options: TranslateOptions) -> Run:
@@ -141,7 +142,7 @@ def check_run(options: TranslateOptions) -> Run:
     check_image_size(image_size, info.generator.depth)
     margin = context_margin(options.context, image_size, info.generator.depth)
     settings = PlanSettings(image_format=options.image_format, margin=margin, overwrite=options.overwrite)
-    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette)
+    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette, info.precision)
 
 
 def translate(options: TranslateOptions, run: Run | None = None) -> dict:
@@ -152,7 +153,8 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     resources = plan_resources(options)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
-    precision = resolve_precision(options.precision, resources.device) if local else options.precision
+    precision = inference_precision(options.precision, resources.device, run.trained_precision) if local \
+        else options.precision
     micro_batch = 1 if run.margin else default_micro_batch(resources.device)
     batch_size = options.batch_size or (64 if resources.device == "cuda" else 8)
     # Whole micro-batches per call: a partial one is padded, which costs time, never bytes.

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import BadImage, decode_image, encode_image
-from pix2pix.precision import resolve_precision, set_threads
+from pix2pix.precision import inference_precision, set_threads
 from pix2pix.translation import (
     BadKey, Translator, assemble_canvas, check_key, crop_tile, fit_tile, output_key, tile_pixel_limit, unit_seed,
 )
@@ -132,8 +132,8 @@ class GeneratorStage:
     def __init__(self, checkpoint_uri: str, device: str, precision: str, threads: int,
                  micro_batch: int, stochastic: bool, seed: int, palette: dict | None = None):
         set_threads(threads)
-        precision = resolve_precision(precision, device)  # "auto" only when the driver could not tell
-        generator, _ = checkpoint.load_generator(checkpoint_uri, device=device)
+        generator, info = checkpoint.load_generator(checkpoint_uri, device=device)
+        precision = inference_precision(precision, device, info.precision)  # "auto": the driver could not tell
         self.translator = Translator(generator, device, precision, micro_batch=micro_batch, stochastic=stochastic,
                                      palette=palette)
         self.seed = seed
