@@ -1,8 +1,19 @@
-"""Training throughput: the Ray Train job (1 worker) against a bare PyTorch loop, and bf16
-against fp32, measured side by side in one run on real pairs (../shared/data/recife).
+"""Training throughput: what a user runs against the library's own loop, on real pairs.
 
-    .venv/bin/python bench/train_bench.py [--pairs 48] [--batch-size 4] [--ngf 64]
-    .venv/bin/python bench/train_bench.py --side-by-side --pairs 64   # both at once, a core each
+    .venv/bin/python bench/train_bench.py                 # the headline: real size (below)
+    .venv/bin/python bench/train_bench.py --toy [--pairs 48] [--batch-size 4] [--ngf 64]
+    .venv/bin/python bench/train_bench.py --toy --side-by-side --pairs 64   # both at once, a core each
+
+Real size (the default): the whole Recife train split (1,500 pairs) prepared by
+jobs/prepare.py, then bare loop, job, bare loop, job, bare loop. The job is `jobs/train.py`
+with its default flags; the first job trains epoch 1 of a new run, the second resumes it and
+trains epoch 2 (each is stopped once its epoch line, printed after the checkpoint and the
+validation, appears). The bare loop is Pix2Pix.train_step in this process, same recipe,
+precision and threads, on the same shards through the same reader (pix2pix/shards.py), so
+it decodes and augments the real pairs while it trains. The CPU share of every process is read
+from /proc for 30 s in the middle of each job's epoch.
+
+Toy modes (--toy, small numbers of pairs; quick checks that decide nothing):
 
 Run it on an idle machine: Ray workers run at nice 15, so any other load starves them.
 The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
@@ -18,10 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +50,122 @@ from pix2pix.precision import cpu_has_native_bf16, set_threads  # noqa: E402
 from pix2pix.training import Pix2Pix, TrainConfig  # noqa: E402
 
 RECIFE = REPO.parent / "shared" / "data" / "recife"
+CPU_WINDOW_S = 30.0
+
+
+def cpu_flags() -> list[str]:
+    text = Path("/proc/cpuinfo").read_text()
+    return sorted(set(re.findall(r"\b(amx\w*|avx512_bf16)\b", text)))
+
+
+def process_cpu_seconds() -> dict[int, tuple[float, str]]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    seen = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60].strip()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        seen[int(pid)] = ((int(fields[11]) + int(fields[12])) / ticks, name or stat.split()[1])
+    return seen
+
+
+def cpu_shares(seconds: float) -> list[tuple[str, float]]:
+    """Every process's CPU over ``seconds``, as a share of one core, busiest first."""
+    before = process_cpu_seconds()
+    time.sleep(seconds)
+    after = process_cpu_seconds()
+    shares = [(after[pid][1], (after[pid][0] - before[pid][0]) / seconds) for pid in after if pid in before]
+    return sorted((entry for entry in shares if entry[1] >= 0.005), key=lambda entry: -entry[1])
+
+
+def bare_real(config: TrainConfig, data: str, threads: int, pairs: int, epoch: int, warmup: int = 5) -> float:
+    """Pairs/s of the library's loop reading, decoding and augmenting the prepared shards."""
+    from pix2pix.shards import TrainingPairs, find_shards
+
+    set_threads(threads)
+    model = Pix2Pix(config)
+    batches = TrainingPairs(data, find_shards(data)[0], config.image_size, config.batch_size, config.seed).epoch(epoch)
+    for _ in range(warmup):
+        batch = next(batches)
+        model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+    started = time.perf_counter()
+    for _ in range(pairs // config.batch_size):
+        batch = next(batches)
+        model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+    return pairs // config.batch_size * config.batch_size / (time.perf_counter() - started)
+
+
+def run_job(data: str, runs: str) -> dict:
+    """jobs/train.py with its default flags until its next epoch line; figures from that line."""
+    started = time.time()
+    job = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), "--data", data, "--storage", runs,
+                            "--name", "bench"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    figures: dict = {}
+    sampler = None
+    try:
+        for line in job.stdout:
+            if "step " in line and sampler is None:  # the first progress line: mid-epoch from here
+                sampler = ThreadPoolExecutor(1).submit(cpu_shares, CPU_WINDOW_S)
+            found = dict(re.findall(r"(\w+)=([-\w.+]+)", line))
+            if "epoch" in found and "pairs_per_s" in found:
+                figures = {name: float(value) for name, value in found.items()}
+                figures["job_seconds"] = time.time() - started
+                break
+    finally:
+        os.killpg(job.pid, signal.SIGINT)
+        try:
+            job.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    if not figures:
+        raise RuntimeError("the job printed no epoch line")
+    figures["cpu_share"] = [(name, round(share, 3)) for name, share in sampler.result()[:8]] if sampler else []
+    figures["started_at"] = started
+    return figures
+
+
+def real_size(args) -> dict:
+    from pix2pix.training import RECIPES, default_recipe
+
+    work = Path(tempfile.mkdtemp(prefix="train-bench-real-"))
+    data, runs = str(work / "data"), str(work / "runs")
+    subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "--input", str(RECIFE), "--output", data],
+                   check=True, capture_output=True)
+    # The job's defaults on this machine: the CPU recipe, precision auto, threads of one worker.
+    config = TrainConfig(**RECIPES[default_recipe(False)])
+    threads = os.cpu_count()
+    results: dict = {"cpu_flags": cpu_flags(), "precision": Pix2Pix(config).precision, "threads": threads,
+                     "recipe": default_recipe(False), "bare_pairs": args.bare_pairs}
+    bare, jobs = [], []
+    try:
+        for round_ in range(2):
+            bare.append(bare_real(config, data, threads, args.bare_pairs, epoch=round_))
+            jobs.append(run_job(data, runs))
+        bare.append(bare_real(config, data, threads, args.bare_pairs, epoch=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["bare_pairs_per_s"] = [round(value, 3) for value in bare]
+    for number, job in enumerate(jobs, start=1):
+        around = (bare[number - 1] + bare[number]) / 2
+        pairs = job["pairs_per_s"] * job["epoch_seconds"]
+        results[f"job{number}"] = {
+            "epoch": int(job["epoch"]), "pairs_per_s": job["pairs_per_s"],
+            "epoch_vs_bare": round(job["pairs_per_s"] / around, 3),
+            "whole_run_pairs_per_s": round(pairs / job["job_seconds"], 3),
+            "whole_run_vs_bare": round(pairs / job["job_seconds"] / around, 3),
+            "job_seconds": round(job["job_seconds"], 1), "epoch_seconds": job["epoch_seconds"],
+            "start_to_first_step_s": round(job["job_seconds"] - job["epoch_seconds"] + job["first_batch_seconds"]
+                                           - job.get("checkpoint_seconds", 0) - job.get("validation_seconds", 0), 1),
+            "checkpoint_seconds": job.get("checkpoint_seconds"), "validation_seconds": job.get("validation_seconds"),
+            "input_wait_fraction": job["input_wait_fraction"], "val_L1": job.get("val_L1"),
+            "cpu_share": job["cpu_share"],
+        }
+    return results
 
 
 def copy_pairs(count: int, destination: Path) -> None:
@@ -137,7 +268,9 @@ def side_by_side(config: TrainConfig, work: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=48, help="training pairs (one epoch)")
+    parser.add_argument("--toy", action="store_true", help="the small modes below instead of the real-size run")
+    parser.add_argument("--bare-pairs", type=int, default=400, help="real size: pairs per bare-loop measurement")
+    parser.add_argument("--pairs", type=int, default=48, help="toy: training pairs (one epoch)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--ngf", type=int, default=64, help="generator/discriminator width (paper: 64)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -153,6 +286,9 @@ def main() -> None:
                                            precision="fp32"), log, stop)
     if not RECIFE.is_dir():
         sys.exit(f"real data not found at {RECIFE}")
+    if not args.toy:
+        print(json.dumps(real_size(args)))
+        return
     fp32 = TrainConfig(image_size=256, ngf=args.ngf, ndf=args.ngf, batch_size=args.batch_size, epochs=args.epochs,
                        epochs_decay=0, precision="fp32")
     bf16 = TrainConfig(**{**fp32.to_dict(), "precision": "bf16"})
