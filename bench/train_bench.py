@@ -90,11 +90,11 @@ def bare_real(config: TrainConfig, data: str, threads: int, pairs: int, epoch: i
     batches = TrainingPairs(data, find_shards(data)[0], config.image_size, config.batch_size, config.seed).epoch(epoch)
     for _ in range(warmup):
         batch = next(batches)
-        model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+        model.train_step(batch["source"], batch["target"])
     started = time.perf_counter()
     for _ in range(pairs // config.batch_size):
         batch = next(batches)
-        model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+        model.train_step(batch["source"], batch["target"])
     return pairs // config.batch_size * config.batch_size / (time.perf_counter() - started)
 
 
@@ -143,10 +143,12 @@ def real_size(args) -> dict:
                      "recipe": default_recipe(False), "bare_pairs": args.bare_pairs}
     bare, jobs = [], []
     try:
-        for round_ in range(2):
+        for round_ in range(3):
             bare.append(bare_real(config, data, threads, args.bare_pairs, epoch=round_))
-            jobs.append(run_job(data, runs))
-        bare.append(bare_real(config, data, threads, args.bare_pairs, epoch=2))
+            print(json.dumps({"bare_pairs_per_s": bare[-1]}), file=sys.stderr, flush=True)
+            if round_ < 2:
+                jobs.append(run_job(data, runs))
+                print(json.dumps(jobs[-1]), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["bare_pairs_per_s"] = [round(value, 3) for value in bare]
@@ -160,9 +162,9 @@ def real_size(args) -> dict:
             "whole_run_vs_bare": round(pairs / job["job_seconds"] / around, 3),
             "job_seconds": round(job["job_seconds"], 1), "epoch_seconds": job["epoch_seconds"],
             "start_to_first_step_s": round(job["job_seconds"] - job["epoch_seconds"] + job["first_batch_seconds"]
-                                           - job.get("checkpoint_seconds", 0) - job.get("validation_seconds", 0), 1),
-            "checkpoint_seconds": job.get("checkpoint_seconds"), "validation_seconds": job.get("validation_seconds"),
-            "input_wait_fraction": job["input_wait_fraction"], "val_L1": job.get("val_L1"),
+                                           - job["checkpoint_seconds"] - job["validation_seconds"], 1),
+            "checkpoint_seconds": job["checkpoint_seconds"], "validation_seconds": job["validation_seconds"],
+            "input_wait_fraction": job["input_wait_fraction"], "val_L1": job["val_L1"],
             "cpu_share": job["cpu_share"],
         }
     return results

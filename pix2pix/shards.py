@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from pix2pix import storage
 from pix2pix.data import paired_transform, preprocess_records
@@ -104,20 +105,21 @@ def read_shard(filesystem, path: str) -> pa.Table:
 
 
 class TrainingPairs:
-    """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` arrays."""
+    """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors
+    (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work)."""
 
     def __init__(self, data_uri: str, shards: Shards, image_size: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False):
         self.filesystem = storage.resolve(data_uri).filesystem
         self.shards, self.image_size, self.batch_size, self.seed = shards, image_size, batch_size, seed
-        self.rank = rank
+        self.rank, self.pin_memory = rank, pin_memory
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch's batches, decoded ahead in a background thread."""
         return prefetched(lambda: self._decode_epoch(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
 
-    def _decode_epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+    def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment_seed = key_hash(f"{self.seed}/{epoch}/{self.rank}")
         transform = paired_transform(self.image_size, train=True, seed=augment_seed)
         slices = epoch_slices(self.shards, self.seed, epoch, self.rank, self.batches * self.batch_size)
@@ -133,10 +135,12 @@ class TrainingPairs:
                 for record in records:
                     pending.append(record)
                     if len(pending) == self.batch_size:
-                        batch = preprocess_records(pending, transform)
-                        del batch["key"]
-                        yield batch
+                        yield self._tensors(preprocess_records(pending, transform))
                         pending = []
+
+    def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
+        return {name: t.pin_memory() for name, t in tensors.items()} if self.pin_memory else tensors
 
 
 def records_where(data_uri: str, shards: Shards, keep: Callable[[str], bool]) -> Iterator[dict]:

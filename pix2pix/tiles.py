@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence, Union
 
-import mercantile
 import numpy as np
 from PIL import Image
 
@@ -71,6 +70,8 @@ def tiles_in_bbox(west: float, south: float, east: float, north: float, zoom: in
     _validate_bbox(west, south, east, north)
     if not (isinstance(zoom, int) and 0 <= zoom <= MAX_ZOOM):
         raise ValueError(f"zoom must be an integer in 0..{MAX_ZOOM}, got {zoom!r}")
+    import mercantile  # here, not at the top: the image helpers below then import without it (bench/gpu_check.py)
+
     return sorted(TileKey(t.z, t.x, t.y) for t in mercantile.tiles(west, south, east, north, zoom))
 
 

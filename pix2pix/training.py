@@ -13,12 +13,14 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from pix2pix.checkpoint import ExportInfo
 from pix2pix.losses import discriminator_loss, generator_loss
-from pix2pix.metrics import MetricAccumulator
+from pix2pix.metrics import MetricAccumulator, to_uint8
 from pix2pix.networks import (
     DiscriminatorConfig,
     GeneratorConfig,
@@ -27,6 +29,7 @@ from pix2pix.networks import (
     check_image_size,
 )
 from pix2pix.precision import autocast, resolve_precision
+from pix2pix.tiles import image_grid
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
@@ -129,6 +132,8 @@ class Pix2Pix:
         self.device = torch.device(device)
         self.precision = resolve_precision(config.precision, self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         torch.manual_seed(config.seed)  # identical initial weights on every worker
         self.generator = UNetGenerator(config.generator_config()).to(self.device, memory_format=self.memory_format)
         self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
@@ -136,8 +141,9 @@ class Pix2Pix:
         self.generator_step = wrap(self.generator)
         self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
         betas = (config.beta1, 0.999)
-        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
-        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step, not one per tensor
+        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas, **fused)
+        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas, **fused)
         schedule = linear_decay(config.epochs, config.epochs_decay)
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, schedule)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, schedule)
@@ -241,9 +247,23 @@ class Pix2Pix:
         self.optimizer_d.load_state_dict(state["optimizer_d"])
         self.scheduler_g.load_state_dict(state["scheduler_g"])
         self.scheduler_d.load_state_dict(state["scheduler_d"])
-        self.scaler_g.load_state_dict(state["scaler_g"])
-        self.scaler_d.load_state_dict(state["scaler_d"])
+        load_scaler_state(self.scaler_g, state["scaler_g"])
+        load_scaler_state(self.scaler_d, state["scaler_d"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """A checkpoint of a bf16, fp32 or CPU run holds an empty scaler state, which an enabled
+    scaler refuses: an fp16 run resumed from it starts with a fresh scale."""
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
+
+
+def sample_grid(model: Pix2Pix, source: np.ndarray, target: np.ndarray) -> Image.Image:
+    """Rows of source | generated | target for uint8 NCHW pairs, 4 px apart."""
+    generated = to_uint8(model.translate(torch.from_numpy(source))).permute(0, 2, 3, 1).cpu().numpy()
+    rows = [[s.transpose(1, 2, 0), g, t.transpose(1, 2, 0)] for s, g, t in zip(source, generated, target)]
+    return image_grid(rows, gap=4)
 
 
 def balance_warning(history: list[dict[str, float]], patience: int = 2) -> str | None:

@@ -627,6 +627,16 @@ def test_training_asks_for_gpus_before_any_gpu_node_exists(monkeypatch):
     fake_cluster(monkeypatch, {"CPU": 0.0})  # a head with num-cpus 0, workers at zero
     plan = train.plan_resources(4, True, None, None, nodes=[])
     assert plan.use_gpu and plan.num_workers == 4 and plan.cpus_per_worker == 1.0
+    assert train.plan_resources(None, True, None, None, nodes=[]).num_workers == 1  # GPU nodes still to come
+
+
+def test_one_worker_per_gpu_by_default(monkeypatch):
+    from pix2pix.distributed import train
+
+    fake_cluster(monkeypatch, {"CPU": 64.0, "GPU": 8.0})
+    plan = train.plan_resources(None, None, None, None, nodes=[64.0])
+    assert plan.use_gpu and plan.num_workers == 8 and (plan.cpus_per_worker, plan.threads) == (1.0, 1)
+    assert train.plan_resources(2, None, None, None, nodes=[64.0]).num_workers == 2  # --num-workers wins
 
 
 def test_cpu_workers_share_the_nodes_and_fit_them(monkeypatch):

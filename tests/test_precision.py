@@ -35,3 +35,14 @@ def test_auto_runs_a_model_at_its_training_precision_where_native(cpu_bf16, nati
     assert precision.inference_precision("fp32", "cpu", trained="bf16") == "fp32"  # asked for
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         precision.inference_precision("fp16", "cpu", trained=None)
+
+
+@pytest.mark.parametrize("emulated_only,expected", [(True, "fp16"), (False, "bf16")])
+def test_gpus_that_only_emulate_bf16_get_fp16(monkeypatch, emulated_only, expected):
+    # T4 / V100: torch.cuda.is_bf16_supported() says yes by default, counting emulation
+    def is_bf16_supported(including_emulation=True):
+        return including_emulation or not emulated_only
+
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert precision.default_precision("cuda") == expected
+    assert precision.native_precisions("cuda") == {"fp32", "fp16", expected}

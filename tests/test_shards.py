@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pix2pix import shards
 from pix2pix.data import encode_image
@@ -46,9 +47,9 @@ def epoch_pairs(dataset: str, epoch: int, rank: int = 0, world_size: int = 1, ba
     reader = shards.TrainingPairs(dataset, train, 32, batch_size, seed=7, rank=rank, world_size=world_size)
     pairs = []
     for batch in reader.epoch(epoch):
-        assert batch["source"].shape == (batch_size, 3, 32, 32) and batch["source"].dtype == np.uint8
-        assert "key" not in batch
-        pairs += [pair_of(image) for image in batch["source"]]
+        assert batch["source"].shape == (batch_size, 3, 32, 32) and batch["source"].dtype == torch.uint8
+        assert set(batch) == {"source", "target"}
+        pairs += [pair_of(image.numpy()) for image in batch["source"]]
     assert len(pairs) == reader.batches * batch_size
     return pairs
 

@@ -132,7 +132,7 @@ def record_ddp_steps(job: dict) -> None:
                           world_size=context.get_world_size())
     batches = []
     for batch in pairs.epoch(0):
-        source, target = torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"])
+        source, target = batch["source"], batch["target"]
         batches.append((source.clone(), target.clone()))
         model.train_step(source, target)
     torch.save({"batches": batches, "initial": initial, "generator": model.generator.state_dict(),

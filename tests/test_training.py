@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay
+from pix2pix.training import (Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay, load_scaler_state,
+                              sample_grid)
 from tests.conftest import REPO
 
 TINY = TrainConfig(image_size=64, ngf=8, ndf=8, epochs=2, epochs_decay=2, batch_size=2, precision="fp32")
@@ -121,3 +122,55 @@ def test_train_job_recipes_and_their_overrides():
     overridden = job.train_config(job.parse_args(["--ngf", "48", "--lr", "1e-3"]), False, "compact")
     assert (overridden.ngf, overridden.ndf, overridden.lr) == (48, 32, 1e-3)
     assert default_recipe(use_gpu=True) == "paper" and default_recipe(use_gpu=False) == "compact"
+
+
+def test_bf16_training_step_on_the_cpu():
+    # --precision auto picks bf16 on CPUs with AMX or AVX512-BF16; elsewhere autocast emulates it (slowly)
+    model = Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="bf16"))
+    parts = [model.train_step(*batch(seed)) for seed in range(3)]
+    assert model.precision == "bf16" and all(math.isfinite(float(v)) for p in parts for v in p.values())
+    assert model.translate(batch()[0]).dtype == torch.float32
+
+
+def test_an_fp16_run_resumes_from_a_checkpoint_with_no_scaler_state():
+    # a bf16, fp32 or CPU checkpoint saves the disabled scalers' empty state
+    empty = Pix2Pix(TINY).state_dict()["scaler_g"]
+    assert empty == {}
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled, as an fp16 run's
+    with pytest.raises(RuntimeError):
+        scaler.load_state_dict(empty)  # what resuming did before
+    load_scaler_state(scaler, empty)
+    assert scaler.get_scale() == 1024.0  # a fresh scale
+    # and a real fp16 scaler state round-trips: the GradScaler path steps, skips on inf, rescales
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    for loss_factor in (1.0, math.inf):
+        optimizer.zero_grad()
+        scaler.scale((weight * loss_factor).sum()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.get_scale() == 512.0 and torch.allclose(weight, torch.full((3,), 0.9))  # the inf step skipped
+    resumed = torch.amp.GradScaler("cpu")
+    load_scaler_state(resumed, scaler.state_dict())
+    assert resumed.get_scale() == 512.0
+
+
+def test_the_sample_grid_runs_in_the_core():
+    model = Pix2Pix(TINY)
+    source, target = batch(n=3)
+    grid = sample_grid(model, source.numpy(), target.numpy())
+    assert grid.size == (3 * 64 + 2 * 4, 3 * 64 + 2 * 4)  # source | generated | target, 3 rows, 4 px gaps
+
+
+def test_train_job_checkpoint_and_validation_intervals(capsys):
+    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    args = job.parse_args([])
+    assert job.epoch_intervals(args, use_gpu=False) == {"checkpoint_every": 1, "validate_every": 1}
+    assert job.epoch_intervals(args, use_gpu=True) == {"checkpoint_every": 5, "validate_every": 5}  # epochs of seconds
+    given = job.parse_args(["--validate-every", "3"])
+    assert job.epoch_intervals(given, use_gpu=True) == {"checkpoint_every": 5, "validate_every": 3}
+    with pytest.raises(SystemExit) as exit_:
+        job.parse_args(["--validate-every", "0"])
+    assert exit_.value.code == 2 and "--validate-every must be at least 1" in capsys.readouterr().err

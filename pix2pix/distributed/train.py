@@ -27,15 +27,13 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.metrics import MetricAccumulator, to_uint8
+from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
 from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
                             find_shards, owner_rank, records_where)
-from pix2pix.tiles import image_grid
-from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning
+from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning, sample_grid
 
 SAMPLES_FILE = "samples.png"
 SAMPLE_PAIRS = 6
@@ -55,6 +53,7 @@ class JobConfig:
     direction: str = "AtoB"
     threads: int = 1
     checkpoint_every: int = 1
+    validate_every: int = 1
     palette: dict | None = None
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
 
@@ -111,7 +110,7 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
         waits.append(time.perf_counter() - asked)
         if batch is None:
             break
-        parts = model.train_step(torch.from_numpy(batch["source"]), torch.from_numpy(batch["target"]))
+        parts = model.train_step(batch["source"], batch["target"])
         sums += torch.stack([parts[name].detach().float() for name in LOSS_NAMES])
         done += 1
         progress.step(done)
@@ -162,19 +161,12 @@ def sample_pairs(config: JobConfig) -> dict[str, np.ndarray] | None:
     return next(evaluation_batches(iter(records), config.train.image_size, SAMPLE_PAIRS), None)
 
 
-def sample_grid(model: Pix2Pix, samples: dict[str, np.ndarray]) -> Image.Image:
-    generated = to_uint8(model.translate(torch.from_numpy(samples["source"]))).permute(0, 2, 3, 1).cpu().numpy()
-    rows = [[source.transpose(1, 2, 0), output, target.transpose(1, 2, 0)]
-            for source, output, target in zip(samples["source"], generated, samples["target"])]
-    return image_grid(rows, gap=4)
-
-
 def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None) -> None:
     location = storage.resolve(directory)
     checkpoint.save_training_state(model.state_dict(), location)
     checkpoint.export_generator(model.generator, model.export_info(config.direction), location)
     if samples is not None:
-        sample_grid(model, samples).save(os.path.join(directory, SAMPLES_FILE))
+        sample_grid(model, samples["source"], samples["target"]).save(os.path.join(directory, SAMPLES_FILE))
 
 
 def restore_latest(model: Pix2Pix, run_uri: str) -> None:
@@ -199,16 +191,14 @@ def train_loop_per_worker(job: dict) -> None:
     restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
-                          config.train.seed, rank, world_size)
+                          config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda")
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
     history: list[dict[str, float]] = []
-    first_step_at = None
     while model.epoch < config.train.total_epochs:
         progress = Progress(model.epoch, pairs.batches, config.train.batch_size * world_size, enabled=rank == 0)
         epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress)
         if epoch.batches == 0:
             raise DatasetError("the training data ended early")
-        first_step_at = first_step_at or time.time() - epoch.seconds + epoch.first_batch_seconds
         learning_rate = model.learning_rate
         model.end_epoch()
         history.append(epoch.losses)
@@ -216,9 +206,11 @@ def train_loop_per_worker(job: dict) -> None:
                    "lr": learning_rate, **epoch.losses,
                    "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
                    "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
-                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds, "first_step_at": first_step_at}
+                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds}
+        last = model.epoch == config.train.total_epochs
+        validating = config.val_shards is not None and (model.epoch % config.validate_every == 0 or last)
         reported = False
-        if model.epoch % config.checkpoint_every == 0 or model.epoch == config.train.total_epochs:
+        if model.epoch % config.checkpoint_every == 0 or last:
             # Before validation: a slow or failing validation never costs the epoch.
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
@@ -227,8 +219,8 @@ def train_loop_per_worker(job: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory)
                                  if rank == 0 else None)
             metrics["checkpoint_seconds"] = time.perf_counter() - started
-            reported = config.val_shards is None
-        if config.val_shards is not None:
+            reported = not validating
+        if validating:
             started = time.perf_counter()
             metrics.update({f"val_{name}": value for name, value in validate(model, config, rank, world_size).items()})
             metrics["validation_seconds"] = time.perf_counter() - started
@@ -241,7 +233,8 @@ def train_loop_per_worker(job: dict) -> None:
 
 def _epoch_line(metrics: dict) -> str:
     shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "pairs_per_s",
-             "epoch_seconds", "checkpoint_seconds", "validation_seconds", "input_wait_fraction"]
+             "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
+             "input_wait_fraction"]
     return " ".join(f"{name}={metrics[name]:.4g}" if isinstance(metrics[name], float) else f"{name}={metrics[name]}"
                     for name in shown if name in metrics)
 
@@ -260,14 +253,18 @@ def node_cpus() -> list[float]:
             if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
 
 
-def plan_resources(num_workers: int, gpu: bool | None, cpus_per_worker: float | None,
+def plan_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
                    threads: int | None, nodes: list[float] | None = None) -> Resources:
     """Workers' bundles that fit the nodes. Training needs nothing else (see the module's
     docstring), so on CPUs the workers share every CPU: spread over the nodes, each worker gets
     an equal part of the smallest node. On an autoscaling cluster with no worker node yet, and on
-    GPUs, a worker asks for one CPU (plus its GPU)."""
+    GPUs, a worker asks for one CPU (plus its GPU). ``num_workers`` None: one per GPU of the
+    cluster (at least one), one on CPUs."""
     nodes = node_cpus() if nodes is None else nodes
-    use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if gpu is None else gpu
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    use_gpu = gpus > 0 if gpu is None else gpu
+    if num_workers is None:
+        num_workers = max(1, gpus) if use_gpu else 1
     if cpus_per_worker is None:
         if use_gpu or not nodes:
             cpus_per_worker = 1.0

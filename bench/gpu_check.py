@@ -1,0 +1,125 @@
+"""The Ray-free core on a GPU: training step and generator throughput, bf16 and fp16, channels_last
+on and off, the sample grid, and an fp16 run resumed from a bf16 checkpoint. One JSON line per
+measurement; under 10 minutes on one GPU. Needs torch, numpy, Pillow, safetensors and torchmetrics
+(no Ray, no albumentations, no mercantile), so it runs on a device machine as is:
+
+    python3 bench/gpu_check.py [--quick]
+
+Without CUDA it says so and runs the same checks on the CPU at toy sizes (64 px, ngf 8), in the
+precisions the CPU has; those figures decide nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from pix2pix.precision import native_precisions  # noqa: E402
+from pix2pix.training import Pix2Pix, TrainConfig, sample_grid  # noqa: E402
+
+
+def emit(**fields) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}), flush=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pairs(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 NCHW batches, as the reader delivers them (pinned on a GPU host)."""
+    source = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    target = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    if device.type == "cuda":
+        source, target = source.pin_memory(), target.pin_memory()
+    return source, target
+
+
+def training_step(config: TrainConfig, device: torch.device, warmup: int, steps: int) -> dict:
+    model = Pix2Pix(config, device)
+    source, target = pairs(config.batch_size, config.image_size, device)
+    for _ in range(warmup):
+        model.train_step(source, target)
+    synchronize(device)
+    started = time.perf_counter()
+    losses = [model.train_step(source, target) for _ in range(steps)]
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    finite = all(math.isfinite(float(value)) for parts in losses for value in parts.values())
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"pairs_per_s": steps * config.batch_size / seconds, "ms_per_step": 1000 * seconds / steps,
+            "losses_finite": finite, "max_memory_gib": memory}
+
+
+def generator_throughput(config: TrainConfig, device: torch.device, micro_batch: int, repeats: int) -> float:
+    model = Pix2Pix(config, device)
+    source, _ = pairs(micro_batch, config.image_size, device)
+    model.translate(source)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        model.translate(source)
+    synchronize(device)
+    return repeats * micro_batch / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        emit(check="device", name=torch.cuda.get_device_name(), torch=torch.__version__,
+             capability=".".join(map(str, torch.cuda.get_device_capability())))
+        base = TrainConfig(**{"image_size": 256, "ngf": 64, "ndf": 64})  # the paper's widths
+        batches, micro_batches, steps = (1, 16, 64), (16, 64), (5 if args.quick else 20)
+    else:
+        emit(check="device", name="cpu", torch=torch.__version__,
+             note="no CUDA device: the same checks on the CPU at toy sizes; these figures decide nothing")
+        base = TrainConfig(image_size=64, ngf=8, ndf=8)
+        batches, micro_batches, steps = (1, 4), (4,), 3
+    precisions = sorted(native_precisions(device) - ({"fp32"} if cuda else set()))
+    for precision in precisions:
+        for channels_last in (True, False):
+            for batch in batches:
+                config = TrainConfig(**{**base.to_dict(), "precision": precision, "channels_last": channels_last,
+                                        "batch_size": batch})
+                emit(check="train_step", precision=precision, channels_last=channels_last, batch=batch,
+                     **training_step(config, device, warmup=3, steps=steps))
+            for micro_batch in micro_batches:
+                config = TrainConfig(**{**base.to_dict(), "precision": precision, "channels_last": channels_last})
+                emit(check="generator", precision=precision, channels_last=channels_last, micro_batch=micro_batch,
+                     tiles_per_s=generator_throughput(config, device, micro_batch, repeats=steps))
+
+    model = Pix2Pix(TrainConfig(**{**base.to_dict(), "precision": precisions[0]}), device)
+    source, target = pairs(4, base.image_size, device)
+    grid = sample_grid(model, source.numpy(), target.numpy())
+    emit(check="sample_grid", device=device.type, size=list(grid.size),
+         ok=grid.size == (3 * base.image_size + 8, 4 * base.image_size + 12))
+
+    if cuda and "bf16" in precisions:
+        bf16 = Pix2Pix(TrainConfig(**{**base.to_dict(), "precision": "bf16"}), device)
+        bf16.train_step(*pairs(1, base.image_size, device))
+        fp16 = Pix2Pix(TrainConfig(**{**base.to_dict(), "precision": "fp16"}), device)
+        fp16.load_state_dict(bf16.state_dict())  # its scaler state is empty
+        parts = [fp16.train_step(*pairs(1, base.image_size, device)) for _ in range(3)]
+        emit(check="resume_fp16_from_bf16", losses_finite=all(math.isfinite(float(v)) for p in parts
+                                                              for v in p.values()),
+             scale=float(fp16.scaler_g.get_scale()), step=fp16.step)
+    else:
+        emit(check="resume_fp16_from_bf16", skipped="needs a GPU with bf16 (fp16 is refused on a CPU); "
+             "tests/test_training.py drives the scalers on the CPU instead")
+
+
+if __name__ == "__main__":
+    main()
