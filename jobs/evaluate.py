@@ -26,7 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--split", choices=("train", "val", "test"), default="val")
     parser.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...}: "
                         "adds per-class IoU and mIoU, each pixel taking its nearest palette colour "
-                        "(default: none; 'recife' for the demo)")
+                        "(default: the palette the model was trained with, if any)")
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per generator call (default: 8)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="auto: bf16 on AMX CPUs and Ampere+ GPUs, fp16 on older GPUs, else fp32")
@@ -61,7 +61,6 @@ def main(argv=None) -> int:
 
     if args.data is None:
         args.data, args.checkpoint = defaults.DEMO_DATA, f"{defaults.DEMO_RUNS}/{defaults.DEMO_RUN_NAME}"
-        args.palette = args.palette or "recife"
     grid = (args.grid or f"evaluate-{args.split}.png") if args.grid_count else None
     summary = evaluate(EvaluateOptions(
         data=args.data, checkpoint=args.checkpoint, split=args.split, palette=args.palette,

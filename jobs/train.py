@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults, storage  # noqa: E402
 from pix2pix.networks import NORM_KINDS  # noqa: E402
+from pix2pix.palette import PaletteError, load_palette  # noqa: E402
 from pix2pix.training import RECIPES, TrainConfig, default_recipe  # noqa: E402
 
 # The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
@@ -80,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--validate-every", type=int, default=None,
                         help=f"validate every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs)")
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (each holds G, D, optimizers)")
+    parser.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...} for "
+                        "colour-coded targets: validation adds per-class IoU and mIoU, and the export records the "
+                        "palette, so translation snaps to it (default for the demo: recife)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs (quiet by default)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
@@ -115,6 +119,7 @@ def main() -> int:
     args = parse_args()
     demo = args.data is None
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
+    palette = load_palette(args.palette or ("recife" if demo else None))
     from pix2pix import shards
     from pix2pix.distributed import session, train
 
@@ -136,19 +141,23 @@ def main() -> int:
     config = train_config(args, demo, recipe)
     config.validate()
     job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
-                          threads=resources.threads, **epoch_intervals(args, resources.use_gpu))
+                          threads=resources.threads, palette=palette, verbose=args.verbose, **epoch_intervals(args, resources.use_gpu))
     started = time.perf_counter()
     result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints, args.verbose)
     if result.error:
         raise cli.JobError(f"training failed: {result.error}")
     final = storage.resolve(storage_uri).uri_of(result.checkpoint.path) if result.checkpoint else None
+    run_uri = f"{storage_uri.rstrip('/')}/{name}"
+    last = (train.read_history(run_uri) or [result.metrics])[-1]
     cli.print_summary({
-        "run": f"{storage_uri.rstrip('/')}/{name}",
+        "run": run_uri,
         "checkpoint": final,
         "samples": f"{final}/samples.png" if final else None,
-        "epoch": result.metrics.get("epoch"),
-        "step": result.metrics.get("step"),
-        "metrics": {key: value for key, value in result.metrics.items() if key.startswith(("val_", "G_", "D_"))},
+        "epoch": last.get("epoch"),
+        "step": last.get("step"),
+        "metrics": {key: value for key, value in last.items() if key.startswith(("val_", "G_", "D_"))},
+        "history": f"{run_uri}/{train.HISTORY_FILE}",
+        "palette": list(palette) if palette else None,
         "recipe": {"name": recipe, "ngf": config.ngf, "ndf": config.ndf, "lr": config.lr},
         "workers": resources.num_workers,
         "device": "gpu" if resources.use_gpu else "cpu",
@@ -162,4 +171,4 @@ if __name__ == "__main__":
     from pix2pix.distributed.prepare import PrepareError
     from pix2pix.shards import DatasetError
 
-    cli.run(main, (CheckpointError, PrepareError, DatasetError))
+    cli.run(main, (CheckpointError, PrepareError, DatasetError, PaletteError))

@@ -49,9 +49,13 @@ def parse_args(argv=None):
     how.add_argument("--stochastic", action="store_true",
                      help="keep dropout on, seeded per tile from its key and --seed (reproducible)")
     how.add_argument("--seed", type=int, default=0, help="seed for --stochastic")
-    how.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...}: every "
-                     "output pixel becomes its nearest palette colour, so maps carry exact class colours "
-                     "(use with --format png; the demo uses 'recife')")
+    palette = how.add_mutually_exclusive_group()
+    palette.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...}: every "
+                         "output pixel becomes its nearest palette colour, so maps carry exact class colours, "
+                         "written as 8-bit paletted PNGs (default: the palette the model was trained with, if any; "
+                         "PNG only)")
+    palette.add_argument("--no-palette", action="store_true",
+                         help="write the generator's raw colours, even if the model was trained with a palette")
     how.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                      help="auto: bf16 on CPUs with AMX/AVX512-BF16 and on GPUs that have it, else fp32 "
                      "(CPU) or fp16 (GPU)")
@@ -76,6 +80,7 @@ def parse_args(argv=None):
                      help="exit with an error when more than this share of the tiles failed")
     out.add_argument("--preview", metavar="PATH", help="also write a PNG of a region, source | translation "
                      "side by side, to this local path or URI")
+    out.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     args = parser.parse_args(argv)
 
     named = [args.input, args.output, args.checkpoint]
@@ -120,7 +125,6 @@ def main() -> int:
     if args.input is None:
         args.input, args.output, args.checkpoint = DEMO_INPUT, defaults.DEMO_TRANSLATED, DEMO_CHECKPOINT
         args.preview = args.preview or DEMO_PREVIEW
-        args.palette = args.palette or ("recife" if args.image_format == "png" else None)
         if not os.path.isdir(args.input):
             raise cli.JobError(f"no demo tiles in {args.input}: run `python jobs/prepare.py` first")
         if not os.path.isdir(DEMO_CHECKPOINT):
@@ -132,7 +136,7 @@ def main() -> int:
     options = TranslateOptions(**{name: value for name, value in vars(args).items()
                                   if name not in ("actors", "max_failed_fraction")})
     run = check_run(options)
-    session.init()
+    session.init(args.verbose)
     summary = translate(options, run)
     cli.print_summary(summary)
     if summary["failed"] and summary["failed_fraction"] > args.max_failed_fraction:

@@ -22,6 +22,7 @@ import torch
 
 from pix2pix import storage
 from pix2pix.networks import GeneratorConfig, UNetGenerator
+from pix2pix.palette import palette_to_json, parse_palette
 
 EXPORT_FORMAT = "pix2pix-generator"
 EXPORT_VERSION = 1
@@ -43,6 +44,7 @@ class ExportInfo:
     step: int = 0
     epoch: int = 0
     precision: str | None = None  # the precision it was trained at (None: not recorded)
+    palette: dict | None = None  # the colour-coded targets' palette it was trained on, if any
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -57,6 +59,7 @@ class ExportInfo:
                 "step": self.step,
                 "epoch": self.epoch,
                 "precision": self.precision,
+                "palette": palette_to_json(self.palette) if self.palette else None,
                 "extra": self.extra,
             },
             indent=2,
@@ -78,9 +81,10 @@ class ExportInfo:
                 step=int(raw.get("step", 0)),
                 epoch=int(raw.get("epoch", 0)),
                 precision=raw.get("precision"),
+                palette=parse_palette(raw["palette"], f"{CONFIG_FILE} palette") if raw.get("palette") else None,
                 extra=raw.get("extra", {}),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError) as error:  # PaletteError included
             raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
 
 

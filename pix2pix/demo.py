@@ -20,15 +20,9 @@ import shutil
 import numpy as np
 from PIL import Image, ImageFilter
 
-PALETTE = {
-    "water": (0, 127, 255),
-    "building": (255, 0, 0),
-    "vegetation": (0, 255, 0),
-    "road": (127, 127, 127),
-    "soil": (255, 255, 0),
-    "other": (255, 255, 255),
-    "wetland": (0, 255, 255),
-}
+from pix2pix.palette import RECIFE_PALETTE
+
+PALETTE = RECIFE_PALETTE
 CLASS_NAMES = tuple(PALETTE)
 # Class indices as uint8 so label arrays built with np.where stay one byte per pixel.
 WATER, BUILDING, VEGETATION, ROAD, SOIL, OTHER, WETLAND = np.arange(len(CLASS_NAMES), dtype=np.uint8)

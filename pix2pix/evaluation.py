@@ -242,7 +242,7 @@ class EvaluateOptions:
     data: str
     checkpoint: str
     split: str = "val"
-    palette: str | None = None  # "recife" or a JSON file
+    palette: str | None = None  # "recife" or a JSON file; None: the one the model was trained with, if any
     batch_size: int = BATCH_SIZE
     precision: str = "auto"
     threads: int | None = None
@@ -259,11 +259,11 @@ class EvaluateOptions:
 def evaluate(options: EvaluateOptions) -> dict:
     """Evaluate and return the summary (the job's JSON line)."""
     started = time.perf_counter()
-    palette = load_palette(options.palette)
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     set_threads(options.threads)
     torch.manual_seed(options.seed)
     generator, info = checkpoint.load_generator(options.checkpoint)
+    palette = load_palette(options.palette) or info.palette
     precision = inference_precision(options.precision, device, info.precision)
     # Raw pairs follow the checkpoint's direction; prepared shards carry the one they were prepared with.
     split = open_split(options.data, options.split, info.direction, options.source_dir, options.target_dir,

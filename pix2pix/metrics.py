@@ -25,16 +25,6 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-RECIFE_PALETTE: dict[str, tuple[int, int, int]] = {
-    "water": (0, 127, 255),
-    "building": (255, 0, 0),
-    "vegetation": (0, 255, 0),
-    "road": (127, 127, 127),
-    "soil": (255, 255, 0),
-    "other": (255, 255, 255),
-    "wetland": (0, 255, 255),
-}
-
 _SSIM_KERNEL = 11
 
 

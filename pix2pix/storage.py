@@ -87,6 +87,11 @@ def s3_filesystem() -> pafs.S3FileSystem:
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts()),
         "connect_timeout": 10,
         "request_timeout": 60,
+        # A stream opened for writing sends nothing until its first part is full or it is closed:
+        # a small object (a tile, a config) is then one PutObject instead of three requests of a
+        # multipart upload. Errors of the open (no bucket, denied) come at close instead, which
+        # every writer here already handles (a stream is written and closed in one call).
+        "allow_delayed_open": True,
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -195,8 +200,9 @@ def _retrying(read):
 def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a file so that no partial file is ever visible.
 
-    Local: write a temporary sibling, then rename over the target. S3: one PUT, which is
-    atomic by nature (the object appears whole when the request completes).
+    Local: write a temporary sibling, then rename over the target. S3: the object appears whole
+    when its upload completes: one PutObject request for anything smaller than the stream's
+    part size (tiles, configs), a multipart upload for larger files (weights, states).
     """
     parent = posixpath.dirname(path)
     if isinstance(filesystem, pafs.LocalFileSystem):

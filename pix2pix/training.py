@@ -195,11 +195,12 @@ class Pix2Pix:
         self.scheduler_d.step()
         self.epoch += 1
 
-    def export_info(self, direction: str = "AtoB") -> ExportInfo:
-        """What the generator export records, its training precision included (inference at
-        "auto" then runs as validation did)."""
+    def export_info(self, direction: str = "AtoB", palette: dict | None = None) -> ExportInfo:
+        """What the generator export records: its training precision (inference at "auto" then
+        runs as validation did) and the targets' palette (translation snaps to it)."""
         return ExportInfo(generator=self.config.generator_config(), image_size=self.config.image_size,
-                          direction=direction, step=self.step, epoch=self.epoch, precision=self.precision)
+                          direction=direction, step=self.step, epoch=self.epoch, precision=self.precision,
+                          palette=palette)
 
     @property
     def learning_rate(self) -> float:

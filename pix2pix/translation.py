@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, to_model_range
-from pix2pix.metrics import snap_to_palette
+from pix2pix.metrics import palette_classes, snap_to_palette
 from pix2pix.precision import autocast
 
 ON_SIZE = ("resize", "error")
@@ -178,6 +178,17 @@ class Translator:
                     module.train()
 
     def __call__(self, images: np.ndarray, seeds: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 NHWC images -> uint8 NHWC images (snapped to the palette when there is one)."""
+        return self._run(images, seeds, classes=False)
+
+    def classes(self, images: np.ndarray, seeds: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 NHWC images -> uint8 (N, H, W) palette indices: a third of the bytes of the
+        snapped images, and what a paletted PNG stores."""
+        if not self.palette:
+            raise ValueError("class indices need a palette")
+        return self._run(images, seeds, classes=True)
+
+    def _run(self, images: np.ndarray, seeds: Sequence[int] | None, classes: bool) -> np.ndarray:
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 NHWC images with 3 channels, got {images.shape} {images.dtype}")
         if self.stochastic and (seeds is None or len(seeds) != len(images)):
@@ -189,17 +200,17 @@ class Translator:
                     devices = [self.device] if self.device.type == "cuda" else []
                     with torch.random.fork_rng(devices=devices):
                         torch.manual_seed(seed)
-                        outputs.append(self._forward(image[None]))
+                        outputs.append(self._forward(image[None], classes))
             else:
                 for start in range(0, len(images), self.micro_batch):
                     chunk = images[start:start + self.micro_batch]
                     padding = self.micro_batch - len(chunk)
                     if padding:
                         chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), np.uint8)])
-                    outputs.append(self._forward(chunk)[:len(chunk) - padding])
+                    outputs.append(self._forward(chunk, classes)[:len(chunk) - padding])
         return np.concatenate(outputs)
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray, classes: bool) -> np.ndarray:
         # NHWC viewed as NCHW is already channels_last in memory.
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
         x = to_model_range(x)
@@ -207,6 +218,8 @@ class Translator:
         with autocast(self.device, self.precision):
             y = self.generator(x)
         y = ((y.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        if classes:
+            return palette_classes(y, self.palette).to(torch.uint8).cpu().numpy()
         if self.palette:
             y = snap_to_palette(y, self.palette)
         return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()

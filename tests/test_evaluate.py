@@ -27,7 +27,8 @@ from pix2pix.evaluation import (
     evaluate_records,
     open_split,
 )
-from pix2pix.metrics import RECIFE_PALETTE, MetricAccumulator
+from pix2pix.metrics import MetricAccumulator
+from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from tests.conftest import REPO, S3_SECRET_KEY
 

@@ -5,7 +5,6 @@ import torch
 
 from pix2pix.metrics import (
     PSNR_CAP_DB,
-    RECIFE_PALETTE,
     MetricAccumulator,
     add_totals,
     class_iou,
@@ -18,6 +17,7 @@ from pix2pix.metrics import (
     ssim,
     to_uint8,
 )
+from pix2pix.palette import RECIFE_PALETTE
 
 TWO_CLASSES = {"dark": (0, 0, 0), "light": (255, 255, 255)}
 

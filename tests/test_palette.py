@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pix2pix.metrics import RECIFE_PALETTE, snap_to_palette
+from pix2pix import checkpoint, storage
+from pix2pix.data import decode_image, encode_image
+from pix2pix.metrics import snap_to_palette
 from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.palette import PaletteError, load_palette
+from pix2pix.palette import (RECIFE_PALETTE, PaletteError, encode_paletted_png, load_palette, output_palette,
+                             parse_palette)
 from pix2pix.translation import Translator
 
 
@@ -40,3 +43,61 @@ def test_translator_snaps_every_pixel_to_its_nearest_palette_colour():
     expected = snap_to_palette(torch.from_numpy(raw).permute(0, 3, 1, 2), RECIFE_PALETTE).permute(0, 2, 3, 1)
     assert np.array_equal(snapped, expected.numpy())
     assert not np.array_equal(snapped, raw)
+
+
+def test_a_palette_must_fit_in_a_paletted_png():
+    too_many = {f"class{i}": [i // 256, i % 256, 0] for i in range(257)}
+    with pytest.raises(PaletteError, match="at most 256"):
+        parse_palette(too_many)
+    assert len(parse_palette(dict(list(too_many.items())[:256]))) == 256
+
+
+def test_paletted_png_decodes_to_the_snapped_image_in_fewer_bytes():
+    torch.manual_seed(0)
+    translator = Translator(UNetGenerator(GeneratorConfig(ngf=8, depth=6)), palette=RECIFE_PALETTE)
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    snapped, classes = translator(images), translator.classes(images)
+    assert classes.shape == (2, 64, 64) and classes.dtype == np.uint8
+    for rgb, indices in zip(snapped, classes):
+        paletted = encode_paletted_png(indices, RECIFE_PALETTE)
+        assert np.array_equal(decode_image(paletted), rgb)
+        assert len(paletted) < len(encode_image(rgb, "png"))
+
+
+def test_the_export_records_the_palette(tmp_path):
+    config = GeneratorConfig(ngf=8, depth=6)
+    location = storage.resolve(str(tmp_path))
+    palette = {"sea": (0, 0, 255), "land": (0, 255, 0)}
+    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64, palette=palette), location)
+    info = checkpoint.read_export_info(location)
+    assert info.palette == palette and list(info.palette) == ["sea", "land"]  # order = class indices
+    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64), location)
+    assert checkpoint.read_export_info(location).palette is None
+
+
+def test_a_broken_palette_in_an_export_is_a_checkpoint_error(tmp_path):
+    config = GeneratorConfig(ngf=8, depth=6)
+    location = storage.resolve(str(tmp_path))
+    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64), location)
+    raw = json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text())
+    raw["palette"] = {"sea": [0, 0, 999]}
+    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(checkpoint.CheckpointError, match="palette"):
+        checkpoint.read_export_info(location)
+
+
+@pytest.mark.parametrize("flags, image_format, expected", [
+    ({}, "png", "trained"), ({"no_palette": True}, "png", None), ({}, "jpeg", None),
+    ({"palette": "recife"}, "png", "recife"),
+])
+def test_translation_snaps_to_the_trained_palette_unless_told_otherwise(flags, image_format, expected):
+    trained = {"sea": (0, 0, 255), "land": (0, 255, 0)}
+    chosen = output_palette(flags.get("palette"), flags.get("no_palette", False), image_format, trained)
+    assert chosen == {"trained": trained, "recife": RECIFE_PALETTE, None: None}[expected]
+
+
+def test_a_requested_palette_needs_png_and_excludes_no_palette():
+    with pytest.raises(PaletteError, match="--format png"):
+        output_palette("recife", False, "jpeg", None)
+    with pytest.raises(PaletteError, match="not both"):
+        output_palette("recife", True, "png", None)

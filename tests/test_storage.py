@@ -56,3 +56,34 @@ def test_s3_round_trip_through_aws_environment(s3_bucket):
 def test_redact_removes_secrets(s3_endpoint):
     secret = os.environ["AWS_SECRET_ACCESS_KEY"]
     assert secret not in storage.redact(f"failed with key {secret}!")
+
+
+def _requests_on(proxy, key_path: str) -> list[tuple[str, str]]:
+    return [(method, query) for method, path, query in proxy.stats.log if path == key_path]
+
+
+def test_a_tile_is_one_put_object_request(s3_bucket, s3_endpoint, monkeypatch):
+    """Every request on the tile's key, PUT and POST alike: a multipart upload would show as
+    POST ?uploads, PUT ?partNumber&uploadId, POST ?uploadId."""
+    from tests.reliability.fault_proxy import FaultProxy
+
+    with FaultProxy(s3_endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        location = storage.resolve(f"s3://{s3_bucket}/maps/17/1/2.png")
+        storage.write_bytes(location.filesystem, location.path, b"\x89PNG" + os.urandom(40_000))
+        requests = _requests_on(proxy, f"/{s3_bucket}/maps/17/1/2.png")
+    assert requests == [("PUT", "")]
+
+
+def test_a_large_file_still_arrives_whole(s3_bucket):
+    data = os.urandom(12 * 2**20)  # over the stream's part size: a multipart upload
+    location = storage.resolve(f"s3://{s3_bucket}/runs/weights.bin")
+    storage.write_bytes(location.filesystem, location.path, data)
+    assert storage.read_bytes(location.filesystem, location.path) == data
+
+
+def test_a_write_to_a_missing_bucket_fails_in_the_write_call(s3_endpoint):
+    """With delayed opens the error comes at close: still inside write_bytes, still an OSError."""
+    location = storage.resolve("s3://no-such-bucket-pix2pix/maps/1.png")
+    with pytest.raises(OSError, match="NO_SUCH_BUCKET|does not exist"):
+        storage.write_bytes(location.filesystem, location.path, b"x")

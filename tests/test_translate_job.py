@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.metrics import RECIFE_PALETTE, snap_to_palette
+from pix2pix.metrics import snap_to_palette
+from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from tests.conftest import REPO, S3_SECRET_KEY
 

@@ -22,3 +22,5 @@ def init(verbose: bool = False) -> None:
         # again: every epoch line would reach the driver twice.
         runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
     )
+    if not verbose:  # Ray Data's execution plan, resource lines and progress-bar notices
+        logging.getLogger("ray.data").setLevel(logging.ERROR)

@@ -14,6 +14,8 @@ sizes the workers' bundles to fit the nodes.
 from __future__ import annotations
 
 import heapq
+import json
+import logging
 import math
 import os
 import tempfile
@@ -36,6 +38,7 @@ from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epo
 from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning, sample_grid
 
 SAMPLES_FILE = "samples.png"
+HISTORY_FILE = "metrics.jsonl"
 SAMPLE_PAIRS = 6
 VALIDATION_BATCH = 16
 PROGRESS_SECONDS = 30.0
@@ -55,6 +58,7 @@ class JobConfig:
     checkpoint_every: int = 1
     validate_every: int = 1
     palette: dict | None = None
+    verbose: bool = False  # Ray Train's own log lines in the workers
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
 
 
@@ -164,7 +168,7 @@ def sample_pairs(config: JobConfig) -> dict[str, np.ndarray] | None:
 def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None) -> None:
     location = storage.resolve(directory)
     checkpoint.save_training_state(model.state_dict(), location)
-    checkpoint.export_generator(model.generator, model.export_info(config.direction), location)
+    checkpoint.export_generator(model.generator, model.export_info(config.direction, config.palette), location)
     if samples is not None:
         sample_grid(model, samples["source"], samples["target"]).save(os.path.join(directory, SAMPLES_FILE))
 
@@ -182,8 +186,23 @@ def restore_latest(model: Pix2Pix, run_uri: str) -> None:
         return
 
 
+def append_history(run_uri: str, metrics: dict) -> None:
+    """RUN/metrics.jsonl: one line per epoch, validation included (Ray Train keeps only the
+    metrics reported with checkpoints). Rewritten whole: object stores cannot append."""
+    location = storage.resolve(run_uri).join(HISTORY_FILE)
+    before = storage.read_text(location) if storage.exists(location) else ""
+    storage.write_text(location, before + json.dumps(metrics) + "\n")
+
+
+def read_history(run_uri: str) -> list[dict]:
+    location = storage.resolve(run_uri).join(HISTORY_FILE)
+    return [json.loads(line) for line in storage.read_text(location).splitlines()] if storage.exists(location) else []
+
+
 def train_loop_per_worker(job: dict) -> None:
     config: JobConfig = job["config"]
+    if not config.verbose:  # e.g. "Reporting training result ..." at every report, on a logger of its own
+        logging.getLogger().setLevel(logging.WARNING)
     set_threads(config.threads)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -227,12 +246,14 @@ def train_loop_per_worker(job: dict) -> None:
         warning = balance_warning(history)
         if rank == 0:
             print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
+            append_history(config.run_uri, metrics)
         if not reported:
             ray.train.report(metrics)
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "pairs_per_s",
+    shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "val_mIoU",
+             *sorted(name for name in metrics if name.startswith("val_IoU/")), "pairs_per_s",
              "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
              "input_wait_fraction"]
     return " ".join(f"{name}={metrics[name]:.4g}" if isinstance(metrics[name], float) else f"{name}={metrics[name]}"

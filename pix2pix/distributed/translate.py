@@ -25,11 +25,12 @@ import torch
 from ray.data import ExecutionResources
 
 from pix2pix import checkpoint, storage
+from pix2pix.distributed.progress import TranslateProgress
 from pix2pix.distributed.translate_stages import (
     UNIT_SCHEMA, GeneratorStage, ReadStage, WriteStage, plan_shards,
 )
 from pix2pix.networks import check_image_size
-from pix2pix.palette import load_palette
+from pix2pix.palette import output_palette
 from pix2pix.precision import inference_precision
 from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
 from pix2pix.translation_plan import (
@@ -63,6 +64,7 @@ class TranslateOptions:
     stochastic: bool = False
     seed: int = 0
     palette: str | None = None          # "recife" or a JSON file: outputs snapped to its colours
+    no_palette: bool = False            # do not snap to the export's palette
     precision: str = "auto"
     threads: int | None = None          # torch threads per actor; None: 1 on CPU, 2 on GPU
     batch_size: int | None = None       # tiles per actor call; None: 8 on CPU, 64 on GPU
@@ -71,6 +73,7 @@ class TranslateOptions:
     gpu: bool | None = None             # None: GPU when the cluster has one
     overwrite: bool = False
     preview: str | None = None
+    verbose: bool = False               # Ray Data's own progress bars and logs
 
 
 
@@ -135,9 +138,9 @@ def check_run(options: TranslateOptions) -> Run:
     _check_locations(input_root, output, options)
     manifest = storage.resolve(options.manifest) if options.manifest else None
     parts = manifest_parts(manifest) if manifest else None
-    palette = load_palette(options.palette)
     export = checkpoint.find_export(options.checkpoint)
     _, info = checkpoint.load_generator(export.uri)  # fail here, in one line, not in every actor
+    palette = output_palette(options.palette, options.no_palette, options.image_format, info.palette)
     image_size = options.image_size or info.image_size
     check_image_size(image_size, info.generator.depth)
     margin = context_margin(options.context, image_size, info.generator.depth)
@@ -162,9 +165,13 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     canvas_bytes = 3 * (run.image_size * (BLOCK_TILES if run.margin else 1) + 2 * run.margin) ** 2
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=resources.io_actors)
 
-    units = _planned_units(options, run)
-    # The dataset's own copy of the DataContext: settings for this run only.
-    units.context.enable_progress_bars = True
+    shards = _shards(options, run)
+    counts = defaultdict(int)
+    progress = TranslateProgress(len(shards), counts)
+    units = _planned_units(shards, run, progress.tally)
+    # The dataset's own copy of the DataContext: settings for this run only. Ray Data's own
+    # progress bars and resource lines only with --verbose: ours is one line.
+    units.context.enable_progress_bars = options.verbose
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(
@@ -189,12 +196,12 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
         )
         .map_batches(WriteStage, batch_size=units_per_call, batch_format="pyarrow", num_cpus=IO_CPUS,
                      compute=io_pool, fn_constructor_kwargs={
-                         "output": run.output, "image_format": options.image_format, "image_size": run.image_size})
+                         "output": run.output, "image_format": options.image_format, "image_size": run.image_size,
+                         "palette": run.palette})
     )
-    counts = defaultdict(int)
     samples = PreviewSamples()
     first = None  # (time, written) when the first tiles were written: the end of start-up
-    with FailureLog(run.output) as failures:
+    with progress, FailureLog(run.output) as failures:
         for batch in statuses.iter_batches(batch_size=None, batch_format="pyarrow"):
             _tally(batch, counts, failures, samples)
             if first is None and counts["written"]:
@@ -212,6 +219,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
         "failures": failures.uri, "output": options.output, "device": resources.device, "precision": precision,
         "actors": [resources.min_actors, resources.max_actors], "threads": resources.threads,
         "context_pixels": run.margin, "batch_size": units_per_call,
+        "palette": list(run.palette) if run.palette else None,
         "startup_s": round(first[0] - started, 2) if first else None,
         "steady_tiles_per_s": round(steady, 3) if steady else None,
         "read_ratio": round(counts["bytes_read"] / counts["tile_bytes"], 3) if counts["tile_bytes"] else None,
@@ -240,24 +248,26 @@ def _check_writable(output: storage.Location, uri: str) -> None:
         raise TranslateError(f"cannot write to --output {uri}: {error.strerror or error}") from None
 
 
-def _planned_units(options, run: Run) -> ray.data.Dataset:
+def _shards(options, run: Run) -> list[Shard]:
     settings = run.settings
     if run.manifest_parts and settings.margin == 0:
-        shards = [Shard(dirs=[], core=[], manifest=part) for part in run.manifest_parts]
-    elif run.manifest_parts:
+        return [Shard(dirs=[], core=[], manifest=part) for part in run.manifest_parts]
+    if run.manifest_parts:
         keys = (key for part in run.manifest_parts for key in read_manifest_part(run.manifest.filesystem, *part))
-        shards = manifest_context_shards(keys, settings)
-    elif options.bbox:
-        shards = bbox_shards(run.input_root, options.bbox, options.zoom, settings)
-    else:
-        shards = discover_shards(run.input_root, settings)
+        return manifest_context_shards(keys, settings)
+    if options.bbox:
+        return bbox_shards(run.input_root, options.bbox, options.zoom, settings)
+    return discover_shards(run.input_root, settings)
+
+
+def _planned_units(shards: list[Shard], run: Run, tally) -> ray.data.Dataset:
     if not shards:
         return ray.data.from_arrow(UNIT_SCHEMA.empty_table())
-    rows = [shard.to_row() for shard in shards]
+    rows = [{**shard.to_row(), "index": index} for index, shard in enumerate(shards)]
     return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         plan_shards, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS,
-        fn_kwargs={"input_root": run.input_root, "output": run.output, "settings": settings,
-                   "manifest": run.manifest})
+        fn_kwargs={"input_root": run.input_root, "output": run.output, "settings": run.settings,
+                   "manifest": run.manifest, "tally": tally})
 
 
 def _tally(batch: pa.Table, counts, failures: FailureLog, samples: PreviewSamples) -> None:

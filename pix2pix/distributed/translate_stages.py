@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import BadImage, decode_image, encode_image
+from pix2pix.palette import encode_paletted_png
 from pix2pix.precision import inference_precision, set_threads
 from pix2pix.translation import (
     BadKey, Translator, assemble_canvas, check_key, crop_tile, fit_tile, output_key, tile_pixel_limit, unit_seed,
@@ -45,11 +46,21 @@ STATUS_SCHEMA = pa.schema([
 ])
 
 
-def plan_shards(batch: pa.Table, input_root, output, settings: PlanSettings, manifest=None) -> pa.Table:
+def plan_shards(batch: pa.Table, input_root, output, settings: PlanSettings, manifest=None, tally=None) -> pa.Table:
+    """Plan each shard (a row with its "index") and report its tile count to ``tally``."""
     units: list[Unit] = []
     for row in batch.to_pylist():
-        units += plan_shard(Shard(**row), input_root, output, settings, manifest)
+        index = row.pop("index")
+        planned = plan_shard(Shard(**row), input_root, output, settings, manifest)
+        if tally is not None:
+            tally.add.remote(index, sum(planned_tiles(unit) for unit in planned))
+        units += planned
     return pa.Table.from_pylist([vars(unit) for unit in units], schema=UNIT_SCHEMA)
+
+
+def planned_tiles(unit: Unit) -> int:
+    """The tiles a unit will report a status for: failed at planning, skipped or to write."""
+    return 1 if unit.reason else unit.skipped + sum(tile["write"] for tile in unit.tiles)
 
 
 _io_pool: ThreadPoolExecutor | None = None
@@ -119,11 +130,11 @@ class ReadStage:
 class WriteStage:
     """Encode + write actor."""
 
-    def __init__(self, output, image_format: str, image_size: int):
-        self.output, self.image_format, self.image_size = output, image_format, image_size
+    def __init__(self, output, image_format: str, image_size: int, palette: dict | None = None):
+        self.output, self.image_format, self.image_size, self.palette = output, image_format, image_size, palette
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return write_units(batch, self.output, self.image_format, self.image_size)
+        return write_units(batch, self.output, self.image_format, self.image_size, self.palette)
 
 
 class GeneratorStage:
@@ -149,14 +160,18 @@ class GeneratorStage:
         for (height, width), indices in by_shape.items():
             images = np.stack([np.frombuffer(pixels[i], np.uint8).reshape(height, width, 3) for i in indices])
             seeds = [unit_seed(units[i], self.seed) for i in indices] if self.translator.stochastic else None
-            for index, image in zip(indices, self.translator(images, seeds)):
+            # With a palette, class indices travel to the writers: a third of the bytes.
+            translate = self.translator.classes if self.translator.palette else self.translator
+            for index, image in zip(indices, translate(images, seeds)):
                 pixels[index] = image.tobytes()
         column = batch.schema.get_field_index("pixels")
         return batch.set_column(column, "pixels", pa.array(pixels, pa.large_binary()))
 
 
-def write_units(batch: pa.Table, output, image_format: str, image_size: int) -> pa.Table:
-    """Crop, encode and write each unit's tiles; one status row per tile (skips summarised)."""
+def write_units(batch: pa.Table, output, image_format: str, image_size: int, palette: dict | None = None) -> pa.Table:
+    """Crop, encode and write each unit's tiles; one status row per tile (skips summarised).
+    With a palette the canvases hold class indices and tiles become paletted PNGs. Encoding
+    runs in the I/O threads: Pillow's PNG and JPEG encoders release the GIL."""
     statuses, writes = [], []
     for unit in batch.to_pylist():
         if unit["reason"]:
@@ -165,19 +180,20 @@ def write_units(batch: pa.Table, output, image_format: str, image_size: int) -> 
             statuses.append(_status(unit["key"], "skipped", count=unit["skipped"]))
         statuses += [_status(failure["key"], "failed", failure["reason"]) for failure in unit["failed"]]
         if unit["pixels"] is not None:
-            canvas = np.frombuffer(unit["pixels"], np.uint8).reshape(unit["height"], unit["width"], 3)
-            for tile in unit["tiles"]:
-                if tile["write"]:
-                    image = crop_tile(canvas, tile["col"], tile["row"], image_size, unit["margin"])
-                    writes.append((tile["key"], encode_image(np.ascontiguousarray(image), image_format)))
+            shape = (unit["height"], unit["width"]) if palette else (unit["height"], unit["width"], 3)
+            canvas = np.frombuffer(unit["pixels"], np.uint8).reshape(shape)
+            writes += [(tile["key"], crop_tile(canvas, tile["col"], tile["row"], image_size, unit["margin"]))
+                       for tile in unit["tiles"] if tile["write"]]
         if unit["bytes_read"]:
             statuses.append(_status(unit["key"], "read", count=0, bytes_read=unit["bytes_read"],
                                     tile_bytes=unit["tile_bytes"]))
 
     def write(item):
-        key, data = item
+        key, image = item
         try:
             target = posixpath.join(output.path, check_key(output_key(key, image_format)))
+            image = np.ascontiguousarray(image)
+            data = encode_paletted_png(image, palette) if palette else encode_image(image, image_format)
             storage.write_bytes(output.filesystem, target, data)
             return _status(key, "written")
         except BadKey as error:  # the planner refuses these; this is the last line of defence

@@ -87,6 +87,7 @@ class Stats:
     faults: Counter = field(default_factory=Counter)
     held: int = 0
     attempts: Counter = field(default_factory=Counter)
+    log: list = field(default_factory=list)  # (method, path, raw query) of every request, in order
 
 
 class FaultProxy:
@@ -165,6 +166,7 @@ class FaultProxy:
         request = Request(handler.command, parts.path, query)
         with self._lock:
             self.stats.requests += 1
+            self.stats.log.append((handler.command, parts.path, parts.query))
             self.stats.attempts[request.key] += 1
             attempt = self.stats.attempts[request.key]
             gated = self._gate is not None and self._gate(request)

@@ -1,0 +1,90 @@
+"""Translation progress on the driver: a line every PROGRESS_SECONDS (a self-updating line on
+a terminal), from the status rows the driver tallies and the planned totals the planning
+tasks report to a small actor."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import ray
+
+from pix2pix.progress import progress_line
+
+PROGRESS_SECONDS = 10.0
+
+
+@ray.remote(num_cpus=0)
+class PlanTally:
+    """Tiles planned per shard (keyed by shard, so a retried planning task counts once)."""
+
+    def __init__(self):
+        self.tiles: dict[int, int] = {}
+
+    def add(self, shard: int, tiles: int) -> None:
+        self.tiles[shard] = tiles
+
+    def totals(self) -> tuple[int, int]:
+        return len(self.tiles), sum(self.tiles.values())
+
+
+class TranslateProgress:
+    """``with TranslateProgress(shards, counts):`` prints until the block ends; ``counts`` is
+    the driver's live tally (written, skipped, failed)."""
+
+    def __init__(self, shards: int, counts: dict, stream=None):
+        self.shards, self.counts = shards, counts
+        self.stream = stream or sys.stdout
+        self.tally = PlanTally.remote() if shards else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._planned = (0, 0)
+        self._first: tuple[float, int] | None = None  # (time, written) when writing began
+        self._terminal = self.stream.isatty()
+
+    def __enter__(self) -> TranslateProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_info[0] is None:
+            self.print()
+        if self._terminal:
+            self.stream.write("\n")
+        if self.tally is not None:
+            ray.kill(self.tally)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROGRESS_SECONDS):
+            self.print()
+
+    def line(self) -> str:
+        if self.tally is not None:
+            try:
+                self._planned = ray.get(self.tally.totals.remote(), timeout=5)
+            except ray.exceptions.GetTimeoutError:
+                pass  # the last totals will do
+        planned_shards, planned_tiles = self._planned
+        done = sum(self.counts.get(status, 0) for status in ("written", "skipped", "failed"))
+        written, now = self.counts.get("written", 0), time.monotonic()
+        if self._first is None and written:
+            self._first = (now, written)
+        # The rate since writing began: start-up (planning, loading models) would drag it down.
+        rate = (written - self._first[1]) / (now - self._first[0]) if self._first and written > self._first[1] \
+            else None
+        total = planned_tiles if planned_shards == self.shards else None
+        line = progress_line("translate", done, total, rate, "tiles")
+        if total is None:
+            line += f" (planning: {planned_shards}/{self.shards} input shards listed, {planned_tiles} tiles so far)"
+        return line
+
+    def print(self) -> None:
+        line = self.line()
+        if self._terminal:
+            self.stream.write("\r" + line.ljust(100))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
