@@ -254,9 +254,16 @@ def test_aws_image_pinned_and_project_installed():
     assert match, f"not a pinned Ray GPU image: {image}"
     assert match.group(1) == RAY_VERSION, f"{image} is not the pinned Ray {RAY_VERSION}"
     assert "head_image" not in config["docker"] and "worker_image" not in config["docker"]
-    setup = " && ".join(config["setup_commands"])
-    assert f"torch=={TORCH_VERSION}" in setup
-    assert setup.index("torch==") < setup.index("~/pix2pix"), "torch before the project"
+    # Each node installs torch (the pinned release) before the project; only GPU nodes the CUDA build.
+    setups = {"head": config["head_setup_commands"],
+              **{name: node.get("worker_setup_commands", []) for name, node in config["available_node_types"].items()
+                 if name != config["head_node_type"]}}
+    assert not config["setup_commands"]
+    for name, commands in setups.items():
+        setup = " && ".join(commands)
+        assert f"torch=={TORCH_VERSION}" in setup and setup.index("torch==") < setup.index("~/pix2pix"), name
+        cpu_wheel = "download.pytorch.org/whl/cpu" in setup
+        assert cpu_wheel == ("GPU" not in config["available_node_types"][name].get("resources", {})), name
     # The repository reaches every node (without its git-ignored files: no virtualenv).
     assert config["file_mounts"]["~/pix2pix"] == "."
     assert ".gitignore" in config["rsync_filter"]

@@ -23,6 +23,7 @@ from pix2pix import checkpoint, storage
 from pix2pix.metrics import snap_to_palette
 from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
+from pix2pix.tileset import TILEJSON_FILE
 from tests.conftest import REPO, S3_SECRET_KEY
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px tiles; depth 6 has a dropout block for --stochastic
@@ -61,10 +62,11 @@ def write_grid(root: str, grid=GRID, zoom: int = 12, size: int = 64) -> list[str
     return keys
 
 
-def export(uri: str, config: GeneratorConfig = TINY, image_size: int = 64, generator=None) -> str:
+def export(uri: str, config: GeneratorConfig = TINY, image_size: int = 64, generator=None, palette=None) -> str:
     torch.manual_seed(0)
     generator = generator or UNetGenerator(config)
-    checkpoint.export_generator(generator, checkpoint.ExportInfo(config, image_size=image_size), storage.resolve(uri))
+    checkpoint.export_generator(generator, checkpoint.ExportInfo(config, image_size=image_size, palette=palette),
+                                storage.resolve(uri))
     return uri
 
 
@@ -82,8 +84,9 @@ def translate(input_uri, output_uri, checkpoint_uri, **options) -> dict:
 
 
 def outputs(root: Path) -> dict[str, bytes]:
+    """The tiles written under root (not the failure log, not tiles.json)."""
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.*"))
-            if "_failures" not in path.parts}
+            if "_failures" not in path.parts and path.name != TILEJSON_FILE}
 
 
 def failures(summary: dict) -> dict[str, str]:
@@ -124,7 +127,26 @@ def test_local_run_keeps_keys_skips_done_tiles_and_overwrites(ray_session, tiny_
     for key, data in outputs(tmp_path / "snapped").items():
         raw = torch.from_numpy(np.asarray(Image.open(io.BytesIO(first[key])))).permute(2, 0, 1)[None]
         expected = snap_to_palette(raw, RECIFE_PALETTE)[0].permute(1, 2, 0).numpy()
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), expected), key
+        image = Image.open(io.BytesIO(data))
+        assert image.mode == "P" and len(data) < len(first[key]), key  # paletted: fewer bytes
+        assert np.array_equal(np.asarray(image.convert("RGB")), expected), key
+
+    # A model trained with a palette snaps to it with no flag; --no-palette writes raw colours.
+    trained = export(str(tmp_path / "trained"), palette=RECIFE_PALETTE)
+    default = translate(str(tmp_path / "in"), str(tmp_path / "default"), trained)
+    assert default["palette"] == list(RECIFE_PALETTE)
+    assert outputs(tmp_path / "default") == outputs(tmp_path / "snapped")
+    raw = translate(str(tmp_path / "in"), str(tmp_path / "raw"), trained, no_palette=True)
+    assert raw["palette"] is None and outputs(tmp_path / "raw") == first
+
+    document = json.loads((tmp_path / "default" / TILEJSON_FILE).read_text())
+    assert default["tilejson"].endswith(TILEJSON_FILE) and document["tiles"] == [default["xyz"]]
+    assert default["xyz"] == f"file://{tmp_path / 'default'}/{{z}}/{{x}}/{{y}}.png"
+    assert (document["minzoom"], document["maxzoom"], document["tileSize"]) == (12, 12, 64)
+    assert document["palette"]["building"] == "#ff0000"
+    west, south, east, north = document["bounds"]  # the 3x3 grid x 10-12, y 20-22 at zoom 12
+    assert (round(west, 4), round(east, 4)) == (round(10 / 4096 * 360 - 180, 4), round(13 / 4096 * 360 - 180, 4))
+    assert north > south
 
 
 @slow
@@ -154,7 +176,7 @@ def test_s3_run_with_a_bad_tile_and_no_secret_in_the_summary(ray_session, s3_buc
     assert (boxed["written"], boxed["failed"], boxed["context_pixels"]) == (4, 0, 32)
     written = storage.resolve(f"{root}/boxed")
     found = sorted(path.rsplit("/", 3)[-3] + "/" + path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]
-                   for path in storage.list_files(written))
+                   for path in storage.list_files(written, (".png",)))
     assert found == ["12/10/20.png", "12/10/21.png", "12/11/20.png", "12/11/21.png"]
 
 

@@ -10,9 +10,11 @@ the pipeline, tallies the status rows and writes the failed ones to OUTPUT/_fail
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import posixpath
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -32,6 +34,7 @@ from pix2pix.distributed.translate_stages import (
 from pix2pix.networks import check_image_size
 from pix2pix.palette import output_palette
 from pix2pix.precision import inference_precision
+from pix2pix.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
 from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
 from pix2pix.translation_plan import (
     PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, manifest_parts, read_manifest_part,
@@ -207,6 +210,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
             if first is None and counts["written"]:
                 first = (time.monotonic(), counts["written"])
     finished = time.monotonic()
+    tiles_json, template = write_tilejson(run) if counts["written"] or counts["skipped"] else (None, None)
     if options.preview:
         write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
     seconds = time.monotonic() - started
@@ -224,7 +228,25 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
         "steady_tiles_per_s": round(steady, 3) if steady else None,
         "read_ratio": round(counts["bytes_read"] / counts["tile_bytes"], 3) if counts["tile_bytes"] else None,
         "preview": options.preview,
+        "tilejson": tiles_json, "xyz": template,
     }
+
+
+def write_tilejson(run: Run) -> tuple[str | None, str | None]:
+    """OUTPUT/tiles.json for XYZ outputs (QGIS, MapLibre and jobs/view.py open it), from a
+    listing of the output, so a resumed run's earlier tiles count. Other layouts: none. A
+    failure here (a full disk, a denied write) is a warning: the tiles are written."""
+    location = run.output.join(TILEJSON_FILE)
+    try:
+        tiles = scan(run.output)
+        template = xyz_template(run.output, tiles.extension)
+        storage.write_text(location, json.dumps(tilejson(tiles, template, run.palette), indent=1))
+    except TileSetError:
+        return None, None
+    except OSError as error:
+        print(storage.redact(f"warning: could not write {location.uri}: {error}"), file=sys.stderr, flush=True)
+        return None, None
+    return location.uri, template
 
 
 def _check_locations(input_root, output, options: TranslateOptions) -> None:

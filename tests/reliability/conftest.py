@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pix2pix.tileset import TILEJSON_FILE
 from tests.reliability.fault_proxy import NO_FAULTS, FaultProxy, Schedule
 
 COLUMNS, ROWS = 8, 6
@@ -174,10 +175,11 @@ class Background:
 # ---- outputs ---------------------------------------------------------------------------------
 
 def visible_files(root: Path) -> list[Path]:
-    """Files a reader of the output sees (bookkeeping `_failures/` and hidden temporaries left out)."""
+    """The tiles a reader of the output sees (bookkeeping `_failures/`, hidden temporaries and
+    tiles.json, which names the output's own path, left out)."""
     if not root.exists():
         return []
-    return sorted(path for path in root.rglob("*") if path.is_file()
+    return sorted(path for path in root.rglob("*") if path.is_file() and path.name != TILEJSON_FILE
                   and not any(part.startswith((".", "_")) for part in path.relative_to(root).parts))
 
 

@@ -1,0 +1,70 @@
+"""jobs/pack.py: a folder of XYZ tiles to one PMTiles archive that gives back every tile's
+bytes, identical tiles stored once; and the clear lines for bad input (pack and view)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pix2pix.palette import RECIFE_PALETTE, encode_paletted_png
+from pix2pix.tileset import Archive
+from tests.conftest import REPO
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    tiles = {}
+    water = encode_paletted_png(np.zeros((64, 64), np.uint8), RECIFE_PALETTE)
+    for x in range(3):
+        for y in range(2):
+            data = water if y == 0 else encode_paletted_png(np.full((64, 64), x + 1, np.uint8), RECIFE_PALETTE)
+            path = tmp_path / "maps" / "15" / str(100 + x) / f"{200 + y}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            tiles[15, 100 + x, 200 + y] = data
+    return tmp_path / "maps", tiles
+
+
+def test_the_archive_holds_every_tile_and_stores_repeats_once(folder, tmp_path):
+    maps, tiles = folder
+    done = run("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "city.pmtiles"))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["tiles"], summary["unique_tiles"]) == (6, 4)  # three identical water tiles
+    archive = Archive(str(tmp_path / "city.pmtiles"))
+    try:
+        assert all(archive.get(*tile) == data for tile, data in tiles.items())
+        assert archive.get(15, 100, 202) is None
+        assert (archive.metadata["minzoom"], archive.metadata["maxzoom"], archive.metadata["extension"]) == (15, 15, ".png")
+    finally:
+        archive.close()
+
+
+def test_bad_input_ends_in_one_line(folder, tmp_path):
+    maps, _ = folder
+    target = tmp_path / "city.pmtiles"
+    target.write_bytes(b"an archive from before")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (("jobs/pack.py", "--input", str(maps), "--output", str(target)), "exists: pass --overwrite"),
+        (("jobs/pack.py", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x.pmtiles")), "no XYZ tiles"),
+        (("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "x.zip")), "must end in .pmtiles"),
+        (("jobs/view.py", "--map", str(tmp_path / "empty")), "no XYZ tiles"),
+        (("jobs/view.py", "--map", str(tmp_path / "missing")), "not a folder of tiles"),
+        (("jobs/view.py", "--map", str(target)), "not a PMTiles v3 archive"),
+    ]
+    for args, message in cases:
+        done = run(*args)
+        assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert target.read_bytes() == b"an archive from before"
+    assert run("jobs/pack.py", "--input", str(maps), "--output", str(target), "--overwrite").returncode == 0
+    assert target.read_bytes()[:7] == b"PMTiles"
