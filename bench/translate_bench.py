@@ -108,6 +108,7 @@ def bare_loop(input_dir: str, output_dir: str, checkpoint_uri: str, threads: int
 
     from pix2pix import checkpoint, storage
     from pix2pix.data import decode_image, encode_image
+    from pix2pix.distributed.translate_stages import RGB_PNG_LEVEL
     from pix2pix.precision import resolve_precision, set_threads
     from pix2pix.translation import Translator, output_key
 
@@ -129,7 +130,7 @@ def bare_loop(input_dir: str, output_dir: str, checkpoint_uri: str, threads: int
         clock = _lap(stages, "decode", clock)
         translated = translator(images)
         clock = _lap(stages, "model", clock)
-        encoded = [encode_image(np.ascontiguousarray(image), "png") for image in translated]
+        encoded = [encode_image(np.ascontiguousarray(image), "png", png_level=RGB_PNG_LEVEL) for image in translated]
         clock = _lap(stages, "encode", clock)
         for path, item in zip(chunk, encoded):
             key = output_key(posixpath.relpath(path, root.path), "png")

@@ -161,10 +161,10 @@ def to_model_range(images):
     return images.float() / 127.5 - 1.0 if hasattr(images, "float") else images / 127.5 - 1.0
 
 
-def encode_image(image: np.ndarray, image_format: str = "png", quality: int = 90) -> bytes:
+def encode_image(image: np.ndarray, image_format: str = "png", quality: int = 90, png_level: int = 6) -> bytes:
     """HxWx3 uint8 -> encoded bytes (png, jpeg or webp)."""
     buffer = io.BytesIO()
     pil_format = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}[image_format.lower()]
-    options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {"compress_level": 6}
+    options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {"compress_level": png_level}
     Image.fromarray(image).save(buffer, format=pil_format, **options)
     return buffer.getvalue()
