@@ -21,6 +21,8 @@ demo: $(INSTALLED)
 	$(PY) jobs/prepare.py
 	@if [ -f jobs/train.py ]; then $(PY) jobs/train.py; fi
 	@if [ -f jobs/translate.py ]; then $(PY) jobs/translate.py; fi
+	$(PY) jobs/pack.py --overwrite
+	@echo "look at the result: $(PY) jobs/view.py  (a map page on http://127.0.0.1:8000/)"
 
 test: $(INSTALLED)
 	$(PY) -m pytest
