@@ -28,6 +28,7 @@ test: $(INSTALLED)
 	$(PY) -m pytest
 
 test-fast: $(INSTALLED)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow"
 
 test-reliability: $(INSTALLED)

@@ -122,7 +122,8 @@ def main() -> None:
                 print(json.dumps({"translate": name, "tiles": count, **runs[name][-1]}), flush=True)
         for name, results in runs.items():
             steady = [result["steady_tiles_per_s"] for result in results if result["steady_tiles_per_s"]]
-            print(json.dumps({"translate_mean": name, "tiles_per_s": round(np.mean([r["tiles_per_s"] for r in results]), 2),
+            mean = round(float(np.mean([result["tiles_per_s"] for result in results])), 2)
+            print(json.dumps({"translate_mean": name, "tiles_per_s": mean,
                               "steady_tiles_per_s": round(float(np.mean(steady)), 2) if steady else None,
                               "bytes_per_tile": results[-1]["bytes_per_tile"]}), flush=True)
         started = time.perf_counter()

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
     cli.print_summary({"input": args.input, "output": args.output, **counts, "archive_bytes": size,
                        "zooms": list(tiles.zooms), "seconds": round(seconds, 2),
-                       "tiles_per_s": round(counts["tiles"] / seconds, 1), "palette": list(palette) if palette else None})
+                       "tiles_per_s": round(counts["tiles"] / seconds, 1),
+                       "palette": list(palette) if palette else None})
     return 0
 
 

@@ -55,7 +55,8 @@ def parse_args(argv=None):
                         help="widths and learning rate: paper (ngf = ndf = 64, lr 2e-4) or compact (32, 32, 4e-4: "
                         "better on a CPU budget, see bench/README.md, Quality); auto: compact when training on "
                         "CPUs, paper on GPUs. --ngf, --ndf and --lr override it")
-    recipe.add_argument("--epochs", type=int, default=None, help=f"epochs at the initial lr (default: {DEFAULTS.epochs})")
+    recipe.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs at the initial lr (default: {DEFAULTS.epochs})")
     recipe.add_argument("--epochs-decay", type=int, default=None,
                         help=f"then epochs of linear decay to 0 (default: {DEFAULTS.epochs_decay})")
     recipe.add_argument("--batch-size", type=int, default=None, help=f"per worker (default: {DEFAULTS.batch_size})")
@@ -80,7 +81,8 @@ def parse_args(argv=None):
                         "whose epochs take seconds)")
     parser.add_argument("--validate-every", type=int, default=None,
                         help=f"validate every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs)")
-    parser.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (each holds G, D, optimizers)")
+    parser.add_argument("--keep-checkpoints", type=int, default=2,
+                        help="checkpoints kept (each holds G, D, optimizers)")
     parser.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...} for "
                         "colour-coded targets: validation adds per-class IoU and mIoU, and the export records the "
                         "palette, so translation snaps to it (default for the demo: recife)")
@@ -141,7 +143,8 @@ def main() -> int:
     config = train_config(args, demo, recipe)
     config.validate()
     job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
-                          threads=resources.threads, palette=palette, verbose=args.verbose, **epoch_intervals(args, resources.use_gpu))
+                          threads=resources.threads, palette=palette, verbose=args.verbose,
+                          **epoch_intervals(args, resources.use_gpu))
     started = time.perf_counter()
     result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints, args.verbose)
     if result.error:

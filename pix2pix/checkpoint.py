@@ -223,7 +223,8 @@ def _check_fits(own: dict, state: dict, uri: str) -> None:
 
 def _describe_difference(expected: GeneratorConfig, found: GeneratorConfig) -> str:
     wanted, have = expected.to_dict(), found.to_dict()
-    return ", ".join(f"{key} is {have[key]!r}, expected {wanted[key]!r}" for key in wanted if wanted[key] != have.get(key))
+    return ", ".join(f"{key} is {have[key]!r}, expected {wanted[key]!r}"
+                     for key in wanted if wanted[key] != have.get(key))
 
 
 def save_training_state(state: dict, directory: storage.Location) -> None:

@@ -129,7 +129,8 @@ class TrainingPairs:
             for position, (_, rows) in enumerate(slices):
                 table = tables[position].result()
                 if position + 1 < len(slices):
-                    tables.append(reader.submit(read_shard, self.filesystem, self.shards.files[slices[position + 1][0]]))
+                    following = self.shards.files[slices[position + 1][0]]
+                    tables.append(reader.submit(read_shard, self.filesystem, following))
                 records = table.take(pa.array(rows)).to_pylist()
                 tables[position] = None  # let the table go
                 for record in records:

@@ -133,9 +133,11 @@ def check_pixels(shot, mosaics, centre: tuple[int, int], layer_at) -> int:
     for screen_y in range(3, height - 3, 11):
         for screen_x in range(3, width - 3, 13):
             layer = layer_at(screen_x)
-            if layer is None or any(l <= screen_x <= r and t <= screen_y <= b for l, t, r, b in panels):
+            if layer is None or any(left <= screen_x <= right and top <= screen_y <= bottom
+                                    for left, top, right, bottom in panels):
                 continue
-            want = expected_colour(mosaics, layer, centre[0] + screen_x - width // 2, centre[1] + screen_y - height // 2)
+            world = (centre[0] + screen_x - width // 2, centre[1] + screen_y - height // 2)
+            want = expected_colour(mosaics, layer, *world)
             if want is None:
                 continue
             got = tuple(int(v) for v in image[screen_y, screen_x])

@@ -43,7 +43,8 @@ def test_the_archive_holds_every_tile_and_stores_repeats_once(folder, tmp_path):
     try:
         assert all(archive.get(*tile) == data for tile, data in tiles.items())
         assert archive.get(15, 100, 202) is None
-        assert (archive.metadata["minzoom"], archive.metadata["maxzoom"], archive.metadata["extension"]) == (15, 15, ".png")
+        metadata = archive.metadata
+        assert (metadata["minzoom"], metadata["maxzoom"], metadata["extension"]) == (15, 15, ".png")
     finally:
         archive.close()
 
