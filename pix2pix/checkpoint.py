@@ -196,12 +196,6 @@ def check_architecture(found: GeneratorConfig, expect: GeneratorConfig, uri: str
         raise CheckpointError(f"architecture mismatch in {uri}: {_describe_difference(expect, found)}")
 
 
-def load_state_checked(module: torch.nn.Module, state: dict, uri: str) -> None:
-    """load_state_dict with a one-line message naming what does not fit."""
-    _check_fits(module.state_dict(), state, uri)
-    module.load_state_dict(state)
-
-
 def _check_fits(own: dict, state: dict, uri: str) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

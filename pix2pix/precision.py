@@ -15,7 +15,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """AMX (Sapphire Rapids and later) or AVX512-BF16. Without them bf16 is emulated and
-    slower than fp32 (measured 2.6x slower on an AVX512-VNNI Xeon). PIX2PIX_CPU_BF16=0 (or 1)
+    slower than fp32 (figures: README.md, Train). PIX2PIX_CPU_BF16=0 (or 1)
     overrides the detection, e.g. to run a whole test suite as a machine without it would."""
     override = os.environ.get("PIX2PIX_CPU_BF16")
     if override in ("0", "1"):

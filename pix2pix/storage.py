@@ -230,6 +230,3 @@ def read_text(location: Location) -> str:
 def write_text(location: Location, text: str) -> None:
     write_bytes(location.filesystem, location.path, text.encode("utf-8"))
 
-
-def make_dirs(location: Location) -> None:
-    location.filesystem.create_dir(location.path, recursive=True)

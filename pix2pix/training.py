@@ -38,9 +38,9 @@ LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 RECIPES: dict[str, dict[str, float]] = {
     "paper": {"ngf": 64, "ndf": 64, "lr": 2e-4},
     # Half the width and twice the learning rate (Adam's step scaled with 1/width, as in muP):
-    # 3.5x the pairs per second on a CPU; on Recife it beats the paper's recipe at equal wall
-    # time and matches or beats it at equal pairs seen (bench/README.md, Quality). Without the
-    # doubled rate the half-width model learns far less per pair.
+    # several times the pairs per second on a CPU, and on Recife better than the paper's recipe
+    # at equal wall time (figures: bench/README.md, Quality). Without the doubled rate the
+    # half-width model learns far less per pair.
     "compact": {"ngf": 32, "ndf": 32, "lr": 4e-4},
 }
 

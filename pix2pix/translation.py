@@ -137,10 +137,10 @@ def crop_tile(canvas: np.ndarray, column: int, row: int, tile_size: int, margin:
 
 def default_micro_batch(device: torch.device | str) -> int:
     """Images per generator call. Fixed per device (never the caller's batch size), because
-    convolution kernels may sum in a batch-size-dependent order (seen here: batches of 3, 5
-    and 7 differ from 1 in the 7th digit, enough to flip a rounded pixel): a constant
-    micro-batch keeps each tile's bytes independent of how many tiles arrive together.
-    8 on a CPU: batching still pays there (measured ~1.4x over one tile at a time)."""
+    convolution kernels may sum in a batch-size-dependent order (batches of different sizes
+    differ in the 7th digit, enough to flip a rounded pixel): a constant micro-batch keeps
+    each tile's bytes independent of how many tiles arrive together. 8 on a CPU: batching
+    still pays there (bench/README.md, Translation)."""
     return 16 if torch.device(device).type == "cuda" else 8
 
 

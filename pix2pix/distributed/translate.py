@@ -95,8 +95,9 @@ class Resources:
 def plan_resources(options: TranslateOptions) -> Resources:
     """GPU actors: one GPU each, and all remaining CPUs for reading and writing (encoding PNGs
     is the bottleneck next to a GPU). CPU actors: one torch thread each by default, one actor
-    per CPU: measured here, two single-threaded actors beat one two-threaded actor by 1.3x,
-    since decode/encode on the same cores stall a multi-threaded generator's OpenMP barriers.
+    per CPU: two single-threaded actors beat one two-threaded actor (bench/README.md,
+    Translation), since decode/encode on the same cores stall a multi-threaded generator's
+    OpenMP barriers.
     Their CPU reservation is smaller than their threads, so read/write actors fit beside them."""
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 1), int(cluster.get("GPU", 0))

@@ -6,7 +6,7 @@ carries a reason and passes the later stages untouched, so bad tiles end as stat
 Reading and writing run in small, long-lived CPU actor pools (ReadStage, WriteStage) rather
 than tasks: a Ray node keeps only as many idle workers as it has CPUs, so on a small node the
 task workers were killed and restarted between tasks, each restart re-importing numpy, Pillow,
-OpenCV and albumentations (~5 s here), which made start-up slow and throughput uneven.
+OpenCV and albumentations (seconds each), which made start-up slow and throughput uneven.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from pix2pix.translation import (
 from pix2pix.translation_plan import PlanSettings, Shard, Unit, plan_shard
 
 IO_THREADS = 16  # concurrent reads/writes per task: object stores answer in tens of ms
-# zlib level of RGB PNG tiles: level 1 encodes a generator's raw output 3.3x faster than the
-# usual 6 for 10% more bytes (bench/README.md, City output); next to a GPU, encoding is the bound.
+# zlib level of RGB PNG tiles: level 1 encodes a generator's raw output several times faster
+# than the usual 6 for a few percent more bytes (bench/README.md, City output); next to a GPU,
+# encoding is the bound.
 RGB_PNG_LEVEL = 1
 
 _TILE = pa.struct([("key", pa.string()), ("col", pa.int32()), ("row", pa.int32()), ("write", pa.bool_())])
