@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults, storage  # noqa: E402
+from pix2pix.budget import Budget  # noqa: E402
 from pix2pix.networks import NORM_KINDS  # noqa: E402
 from pix2pix.palette import PaletteError, load_palette  # noqa: E402
 from pix2pix.training import RECIPES, TrainConfig, default_recipe  # noqa: E402
@@ -76,6 +77,15 @@ def parse_args(argv=None):
     recipe.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep NCHW memory layout")
     recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
+    budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
+    budget.add_argument("--max-minutes", type=float, default=None,
+                        help="train for this long, counted from the job's start (start-up, validation and "
+                        "checkpoints included): the lr stays constant for the first half and decays linearly "
+                        "to 0 at the end, where the run stops with a final checkpoint; a resumed run keeps "
+                        "what is left")
+    budget.add_argument("--max-pairs", type=int, default=None,
+                        help="the same in training pairs seen (over all workers); with --max-minutes, whichever "
+                        "runs out first")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help=f"checkpoint every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs, "
                         "whose epochs take seconds)")
@@ -90,7 +100,9 @@ def parse_args(argv=None):
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
     args = parser.parse_args(argv)
-    for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints"):
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error("--max-minutes must be positive")
+    for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints", "max_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -112,12 +124,19 @@ def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
     return {"checkpoint_every": args.checkpoint_every or default, "validate_every": args.validate_every or default}
 
 
+def job_budget(args) -> Budget | None:
+    if args.max_minutes is None and args.max_pairs is None:
+        return None
+    return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs)
+
+
 def dataset_direction(data_uri: str) -> str:
     info = storage.resolve(data_uri).join("_dataset.json")
     return json.loads(storage.read_text(info)).get("direction", "AtoB") if storage.exists(info) else "AtoB"
 
 
 def main() -> int:
+    started_at = time.time()
     args = parse_args()
     demo = args.data is None
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
@@ -144,6 +163,7 @@ def main() -> int:
     config.validate()
     job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
                           threads=resources.threads, palette=palette, verbose=args.verbose,
+                          budget=job_budget(args), started_at=started_at,
                           **epoch_intervals(args, resources.use_gpu))
     started = time.perf_counter()
     result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints, args.verbose)

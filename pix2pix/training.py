@@ -190,9 +190,17 @@ class Pix2Pix:
         self.step += 1
         return {**parts_g, **parts_d}
 
-    def end_epoch(self) -> None:
-        self.scheduler_g.step()
-        self.scheduler_d.step()
+    def set_learning_rate_factor(self, factor: float) -> None:
+        """lr = the recipe's lr x factor, for G and D (a budget's schedule, set every step)."""
+        for optimizer in (self.optimizer_g, self.optimizer_d):
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.lr * factor
+
+    def end_epoch(self, schedule: bool = True) -> None:
+        """``schedule`` False: the epoch schedule is not stepped (a budget sets the lr instead)."""
+        if schedule:
+            self.scheduler_g.step()
+            self.scheduler_d.step()
         self.epoch += 1
 
     def export_info(self, direction: str = "AtoB", palette: dict | None = None) -> ExportInfo:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -250,3 +251,21 @@ def test_real_job_submission(dataset, tmp_path):
     assert '"recipe": {"name": "compact", "ngf": 8, "ndf": 8, "lr": 0.0004}' in completed.stdout
     exported, info = checkpoint.load_generator(str(tmp_path / "runs" / "submitted"))
     assert info.epoch == 1
+
+
+def test_a_pairs_budget_ends_at_lr_zero_with_a_final_checkpoint(dataset, tmp_path):
+    from pix2pix.budget import Budget
+    from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history
+
+    # 2 workers x batch 2 = 4 pairs a step, 4 steps an epoch: 24 pairs end in epoch 2, at step 6,
+    # although the epoch schedule (1 + 1 epochs) would have stopped at step 8.
+    config = JobConfig(train=TINY, data_uri=dataset, threads=1, budget=Budget(max_pairs=24), started_at=time.time())
+    result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "budget")
+    assert result.error is None
+    history = read_history(str(tmp_path / "runs" / "budget"))
+    assert [line["step"] for line in history] == [4, 6]
+    assert history[0]["lr"] == TINY.lr  # half the budget (12 pairs) passed at step 3: still constant
+    assert history[-1]["lr"] == 0.0 and history[-1]["budget_used"] == 1.0 and "val_L1" in history[-1]
+    state = checkpoint.load_training_state(storage.resolve(result.checkpoint.path))
+    assert state["step"] == 6 and state[BUDGET_SECONDS] > 0
+    assert all(group["lr"] == 0.0 for group in state["optimizer_g"]["param_groups"])

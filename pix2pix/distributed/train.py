@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from pix2pix import checkpoint, storage
+from pix2pix.budget import Budget, lr_factor
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
 from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
@@ -39,6 +40,7 @@ from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning, 
 
 SAMPLES_FILE = "samples.png"
 HISTORY_FILE = "metrics.jsonl"
+BUDGET_SECONDS = "budget_seconds_used"
 SAMPLE_PAIRS = 6
 VALIDATION_BATCH = 16
 PROGRESS_SECONDS = 30.0
@@ -58,8 +60,36 @@ class JobConfig:
     checkpoint_every: int = 1
     validate_every: int = 1
     palette: dict | None = None
+    budget: Budget | None = None  # replaces the epoch schedule: train until it is spent
+    started_at: float = 0.0  # time.time() when the job started: where a budget's minutes count from
     verbose: bool = False  # Ray Train's own log lines in the workers
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
+
+
+def broadcast_from_rank0(value: float) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+class BudgetClock:
+    """Where a run is in its budget. Rank 0 decides from its clock and the global pairs seen and
+    every worker receives the same value each step, so all of them stop at the same step (none
+    is left waiting in a collective). The seconds of earlier attempts come from the checkpoint."""
+
+    def __init__(self, budget: Budget, started_at: float, seconds_before: float, pairs_per_step: int):
+        self.budget, self.started_at, self.seconds_before = budget, started_at, seconds_before
+        self.pairs_per_step = pairs_per_step
+
+    def seconds(self) -> float:
+        return self.seconds_before + time.time() - self.started_at
+
+    def used(self, step: int) -> float:
+        return broadcast_from_rank0(self.budget.used(self.seconds(), step * self.pairs_per_step))
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
@@ -100,8 +130,9 @@ class Progress:
               f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
 
 
-def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress: Progress) -> EpochResult:
-    """``steps`` batches (the same count on every worker)."""
+def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress: Progress,
+                clock: BudgetClock | None = None) -> EpochResult:
+    """``steps`` batches (the same count on every worker), fewer when the budget runs out."""
     started = time.perf_counter()
     sums = torch.zeros(len(LOSS_NAMES), device=model.device)  # summed on the device: no sync per step
     waits: list[float] = []
@@ -109,6 +140,11 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
     crash_at = config.extra.get("crash_at_step")
     progress_dir = config.extra.get("progress_dir")
     for _ in range(steps):
+        if clock is not None:
+            used = clock.used(model.step)
+            if used >= 1.0:
+                break
+            model.set_learning_rate_factor(lr_factor(used))
         asked = time.perf_counter()
         batch = next(batches, None)
         waits.append(time.perf_counter() - asked)
@@ -165,15 +201,19 @@ def sample_pairs(config: JobConfig) -> dict[str, np.ndarray] | None:
     return next(evaluation_batches(iter(records), config.train.image_size, SAMPLE_PAIRS), None)
 
 
-def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None) -> None:
+def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: dict | None,
+                    clock: BudgetClock | None = None) -> None:
     location = storage.resolve(directory)
-    checkpoint.save_training_state(model.state_dict(), location)
+    state = model.state_dict()
+    if clock is not None:  # a resumed run keeps what is left of its budget
+        state[BUDGET_SECONDS] = clock.seconds()
+    checkpoint.save_training_state(state, location)
     checkpoint.export_generator(model.generator, model.export_info(config.direction, config.palette), location)
     if samples is not None:
         sample_grid(model, samples["source"], samples["target"]).save(os.path.join(directory, SAMPLES_FILE))
 
 
-def restore_latest(model: Pix2Pix, run_uri: str) -> None:
+def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
     """Load the run's newest checkpoint whose files are whole, read from storage: Ray Train
     registers a reported checkpoint only when its controller next polls the workers (every
     2 s), so a group that dies right after a report would restart from the one before."""
@@ -183,7 +223,8 @@ def restore_latest(model: Pix2Pix, run_uri: str) -> None:
         except (checkpoint.CheckpointError, FileNotFoundError):  # the export was whole, the state not
             continue
         model.load_state_dict(state)
-        return
+        return state
+    return {}
 
 
 def append_history(run_uri: str, metrics: dict) -> None:
@@ -207,26 +248,35 @@ def train_loop_per_worker(job: dict) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     model = Pix2Pix(config.train, ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
-    restore_latest(model, config.run_uri)
+    restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
                           config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda")
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
     history: list[dict[str, float]] = []
-    while model.epoch < config.train.total_epochs:
-        progress = Progress(model.epoch, pairs.batches, config.train.batch_size * world_size, enabled=rank == 0)
-        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress)
-        if epoch.batches == 0:
+    pairs_per_step = config.train.batch_size * world_size
+    clock = BudgetClock(config.budget, config.started_at, restored.get(BUDGET_SECONDS, 0.0), pairs_per_step) \
+        if config.budget else None
+    spent = clock is not None and clock.used(model.step) >= 1.0
+    while not spent and (clock is not None or model.epoch < config.train.total_epochs):
+        progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
+        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, clock)
+        spent = clock is not None and clock.used(model.step) >= 1.0
+        if epoch.batches == 0 and not spent:
             raise DatasetError("the training data ended early")
+        if spent:
+            model.set_learning_rate_factor(0.0)  # the budget's schedule ends at lr 0
         learning_rate = model.learning_rate
-        model.end_epoch()
+        model.end_epoch(schedule=clock is None)
         history.append(epoch.losses)
         metrics = {"epoch": model.epoch, "step": model.step, "resumed_from_epoch": resumed_from_epoch,
                    "lr": learning_rate, **epoch.losses,
                    "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
                    "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
                    "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds}
-        last = model.epoch == config.train.total_epochs
+        last = spent or (clock is None and model.epoch == config.train.total_epochs)
+        if clock is not None:
+            metrics["budget_used"] = min(1.0, clock.budget.used(clock.seconds(), model.step * pairs_per_step))
         validating = config.val_shards is not None and (model.epoch % config.validate_every == 0 or last)
         reported = False
         if model.epoch % config.checkpoint_every == 0 or last:
@@ -234,7 +284,7 @@ def train_loop_per_worker(job: dict) -> None:
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as directory:
                 if rank == 0:
-                    save_checkpoint(model, config, directory, samples)
+                    save_checkpoint(model, config, directory, samples, clock)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory)
                                  if rank == 0 else None)
             metrics["checkpoint_seconds"] = time.perf_counter() - started
@@ -252,7 +302,8 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "val_mIoU",
+    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR",
+             "val_SSIM", "val_mIoU",
              *sorted(name for name in metrics if name.startswith("val_IoU/")), "pairs_per_s",
              "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
              "input_wait_fraction"]
