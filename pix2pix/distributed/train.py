@@ -34,6 +34,7 @@ from pix2pix import checkpoint, storage
 from pix2pix.budget import Budget, lr_factor
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
+from pix2pix.progress import duration
 from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
                             find_shards, owner_rank, records_where)
 from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning, sample_grid
@@ -66,12 +67,20 @@ class JobConfig:
     extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _collective_tensor(values: list[float]) -> torch.Tensor:
+    """float64 values where the process group's backend can reduce them (nccl: on the GPU)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    return tensor.cuda() if dist.get_backend() == "nccl" else tensor
+
+
 def broadcast_from_rank0(value: float) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
+    tensor = _collective_tensor([value])
     dist.broadcast(tensor, src=0)
     return float(tensor.item())
 
@@ -93,12 +102,9 @@ class BudgetClock:
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _distributed():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    backend = dist.get_backend()
-    if backend == "nccl":
-        tensor = tensor.cuda()
+    tensor = _collective_tensor(values)
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
 
@@ -127,7 +133,7 @@ class Progress:
         rate = done / (now - self.started)
         eta = (self.steps - done) / rate
         print(f"epoch {self.epoch + 1}: step {done}/{self.steps}, {rate * self.pairs_per_step:.2f} pairs/s, "
-              f"ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+              f"ETA {duration(eta)}", flush=True)
 
 
 def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress: Progress,
@@ -257,11 +263,13 @@ def train_loop_per_worker(job: dict) -> None:
     pairs_per_step = config.train.batch_size * world_size
     clock = BudgetClock(config.budget, config.started_at, restored.get(BUDGET_SECONDS, 0.0), pairs_per_step) \
         if config.budget else None
-    spent = clock is not None and clock.used(model.step) >= 1.0
+    used = clock.used(model.step) if clock is not None else 0.0
+    spent = used >= 1.0
     while not spent and (clock is not None or model.epoch < config.train.total_epochs):
         progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
         epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, clock)
-        spent = clock is not None and clock.used(model.step) >= 1.0
+        used = clock.used(model.step) if clock is not None else 0.0
+        spent = used >= 1.0
         if epoch.batches == 0 and not spent:
             raise DatasetError("the training data ended early")
         if spent:
@@ -276,7 +284,7 @@ def train_loop_per_worker(job: dict) -> None:
                    "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds}
         last = spent or (clock is None and model.epoch == config.train.total_epochs)
         if clock is not None:
-            metrics["budget_used"] = min(1.0, clock.budget.used(clock.seconds(), model.step * pairs_per_step))
+            metrics["budget_used"] = min(1.0, used)
         validating = config.val_shards is not None and (model.epoch % config.validate_every == 0 or last)
         reported = False
         if model.epoch % config.checkpoint_every == 0 or last:
