@@ -157,7 +157,7 @@ def main() -> int:
             prepare(defaults.DEMO_RAW, defaults.DEMO_DATA)
     storage_uri = args.storage or defaults.DEMO_RUNS
     name = args.name or defaults.DEMO_RUN_NAME
-    resources = train.plan_resources(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
+    resources = train.plan_on_cluster(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
     recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
     config = train_config(args, demo, recipe)
     config.validate()
@@ -191,7 +191,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     from pix2pix.checkpoint import CheckpointError
+    from pix2pix.distributed.capacity import CapacityError
     from pix2pix.distributed.prepare import PrepareError
     from pix2pix.shards import DatasetError
 
-    cli.run(main, (CheckpointError, PrepareError, DatasetError, PaletteError))
+    cli.run(main, (CheckpointError, PrepareError, DatasetError, PaletteError, CapacityError))

@@ -149,6 +149,7 @@ def main() -> int:
 
 if __name__ == "__main__":
     from pix2pix.checkpoint import CheckpointError
+    from pix2pix.distributed.capacity import CapacityError
     from pix2pix.storage import StorageError
 
-    cli.run(main, (CheckpointError, StorageError))
+    cli.run(main, (CheckpointError, StorageError, CapacityError))

@@ -24,10 +24,11 @@ VENV_BIN = Path(sys.executable).parent
 
 
 @contextlib.contextmanager
-def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2):
+def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2, port: int | None = None,
+             extra_args: list[str] = ()):
     """Yield (dashboard address, environment for `ray job submit`)."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths are length-limited
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port = port or free_port(), free_port()
     # Agent ports too: their defaults (e.g. 52365) may be held by another Ray on the machine,
     # such as the test session's own, and a head without its agent accepts no job.
     agent_ports = [f"--{name}={free_port()}" for name in (
@@ -39,7 +40,7 @@ def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2):
     process = subprocess.Popen(
         [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports],
+         f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports, *extra_args],
         env=head_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from pix2pix import checkpoint, storage
+from pix2pix.distributed import capacity
 from pix2pix.budget import Budget, lr_factor
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
@@ -357,6 +358,22 @@ def plan_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: f
     return Resources(num_workers, use_gpu, cpus_per_worker, threads)
 
 
+def worker_bundle(resources: Resources) -> dict[str, float]:
+    return {"CPU": resources.cpus_per_worker, **({"GPU": 1.0} if resources.use_gpu else {})}
+
+
+def plan_on_cluster(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
+                    threads: int | None) -> Resources:
+    """plan_resources, once a node can hold one worker (capacity.wait_for_node). On an
+    autoscaling cluster that starts with no worker node, the plan is made again for the node
+    that came up, so CPU workers get its CPUs rather than the one CPU asked for."""
+    resources = plan_resources(num_workers, gpu, cpus_per_worker, threads)
+    hint = "ask for less with --cpus-per-worker" + (", or train on CPUs with --cpu" if resources.use_gpu else "")
+    if capacity.wait_for_node(worker_bundle(resources), "a training worker", hint) > 0:
+        resources = plan_resources(num_workers, gpu, cpus_per_worker, threads)
+    return resources
+
+
 def check_resume(run: storage.Location, config: TrainConfig) -> int:
     """The epoch the run resumes from (0 for a new run). Refuse, in one line and before any
     worker starts, to resume a run whose latest checkpoint is of another architecture (every
@@ -389,7 +406,7 @@ def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, ma
         train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if resources.use_gpu else {})},
+            resources_per_worker=worker_bundle(resources),
         ),
         run_config=ray.train.RunConfig(
             name=name, storage_path=location.path, storage_filesystem=location.filesystem,

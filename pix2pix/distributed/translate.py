@@ -27,6 +27,7 @@ import torch
 from ray.data import ExecutionResources
 
 from pix2pix import checkpoint, storage
+from pix2pix.distributed import capacity
 from pix2pix.distributed.progress import TranslateProgress
 from pix2pix.distributed.translate_stages import (
     UNIT_SCHEMA, GeneratorStage, ReadStage, WriteStage, plan_shards,
@@ -157,6 +158,9 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     run = run or check_run(options)
     # What was written before now is done; what this run writes never changes its own plan.
     run = dataclasses.replace(run, settings=dataclasses.replace(run.settings, written_before_ns=time.time_ns()))
+    # Planned from the nodes present: on an autoscaling cluster, once there is one to plan from.
+    capacity.wait_for_node({"CPU": 1.0, **({"GPU": 1.0} if options.gpu else {})}, "a generator actor",
+                           "translate on CPUs with --cpu" if options.gpu else "give the cluster a node with CPUs")
     resources = plan_resources(options)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
