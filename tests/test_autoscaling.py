@@ -133,3 +133,15 @@ def test_a_worker_no_node_type_can_hold_fails_in_one_line(cluster, workspace):
                      r"nothing for it in 30 s", output), output[-3000:]
     assert "Traceback" not in output
     assert len(worker_nodes(address)) == before, "nothing was launched for it"
+
+
+def test_without_room_and_without_a_launch_the_wait_ends_in_one_line(ray_session):
+    from pix2pix.distributed.capacity import CapacityError, wait_for_node
+
+    lines = []
+    assert wait_for_node({"CPU": 1.0}, "a worker", "ask for less", log=lines.append) == 0.0 and lines == []
+    refusal = (r"^no node can hold a worker \{CPU: 64\}: the largest node has \{CPU: 2\}, "
+               r"and the autoscaler launched nothing .* in 3 s .*; ask for less$")
+    with pytest.raises(CapacityError, match=refusal):
+        wait_for_node({"CPU": 64.0}, "a worker", "ask for less", log=lines.append, idle_limit_s=3)
+    assert lines == ["waiting for a node for a worker {CPU: 64}: asking the autoscaler"]

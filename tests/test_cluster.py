@@ -682,6 +682,62 @@ def test_translate_gpu_on_an_autoscaling_cluster_with_no_gpu_node_yet(monkeypatc
     assert plan.device == "cuda" and plan.max_actors == 4 and plan.io_actors >= 8  # CPU nodes get asked for too
 
 
+def launches_for(node_types: dict, head_type: str, bundle: dict) -> tuple[dict, list]:
+    """What Ray's autoscaler would launch, from these node types, for one pending ``bundle``:
+    its own bin-packing with its default scorer (what `ray up` and KubeRay clusters run)."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    launched, residual = get_nodes_for(copy.deepcopy(node_types), {}, head_type, 10, [bundle], scorer)
+    return dict(launched), residual
+
+
+def autoscaler_node_types() -> list[tuple[str, dict, str]]:
+    """(label, node types, head type) of cluster/aws.yaml and of every KubeRay cluster, the latter
+    through Ray's own RayCluster translation."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    config = aws_config()
+    found = [("aws.yaml", config["available_node_types"], config["head_node_type"])]
+    for label, spec in cluster_specs():
+        derived = _derive_autoscaling_config_from_ray_cr({"metadata": {"name": "pix2pix", "namespace": "pix2pix"},
+                                                          "spec": spec})
+        found.append((label, derived["available_node_types"], derived["head_node_type"]))
+    return found
+
+
+def test_every_job_request_launches_the_node_type_meant_for_it(monkeypatch):
+    """The bundles the jobs ask for, fed to the autoscaler's own bin-packing with each config's
+    node types at full size: GPU work launches the gpu type only, CPU work the CPU type only
+    (a GPU node must never be bought for decoding), and a worker bigger than every type stays
+    unfulfilled (the jobs then say so: tests/test_autoscaling.py)."""
+    from pix2pix.distributed import train
+    from pix2pix.distributed.translate import IO_CPUS, TranslateOptions, plan_resources
+
+    fake_cluster(monkeypatch, {"CPU": 0.0})  # the head alone, every worker type at 0 nodes
+    options = TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run", gpu=True)
+    generator = plan_resources(options)
+    for label, types, head in autoscaler_node_types():
+        workers = {name: spec for name, spec in types.items() if name != head}
+        [gpu_type] = [name for name, spec in workers.items() if spec["resources"].get("GPU")]
+        [cpu_type] = [name for name, spec in workers.items() if not spec["resources"].get("GPU")]
+        node_cpus = workers[cpu_type]["resources"]["CPU"]
+        gpu_asks = [train.worker_bundle(train.plan_resources(None, True, None, None, nodes=[])),
+                    {"CPU": generator.actor_cpus, "GPU": 1.0}]
+        cpu_asks = [train.worker_bundle(train.plan_resources(None, False, None, None, nodes=[])),  # before nodes
+                    train.worker_bundle(train.plan_resources(None, False, None, None, nodes=[node_cpus])),  # after
+                    {"CPU": IO_CPUS}]
+        for bundle in gpu_asks:
+            assert launches_for(types, head, bundle) == ({gpu_type: 1}, []), (label, bundle)
+        for bundle in cpu_asks:
+            assert launches_for(types, head, bundle) == ({cpu_type: 1}, []), (label, bundle)
+        too_big = {"CPU": max(spec["resources"].get("CPU", 0) for spec in workers.values()) + 1}
+        assert launches_for(types, head, too_big) == ({}, [too_big]), label
+
+
 # ---- remote submission against a real head --------------------------------------------------------
 
 def submit_job(client_env: dict[str, str], *arguments: str, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -30,8 +30,9 @@ class CapacityError(RuntimeError):
 
 
 def describe(resources: dict[str, float]) -> str:
-    return "{" + ", ".join(f"{name}: {value:g}" for name, value in sorted(resources.items())
-                           if name in ("CPU", "GPU") or name.startswith("accelerator")) + "}"
+    """CPUs always, GPUs when there are any: '{CPU: 16, GPU: 1}'."""
+    shown = {"CPU": resources.get("CPU", 0.0), **({"GPU": resources["GPU"]} if resources.get("GPU") else {})}
+    return "{" + ", ".join(f"{name}: {value:g}" for name, value in shown.items()) + "}"
 
 
 def holds(node: dict[str, float], bundle: dict[str, float]) -> bool:
