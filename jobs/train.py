@@ -131,7 +131,9 @@ def job_budget(args) -> Budget | None:
 
 
 def dataset_direction(data_uri: str) -> str:
-    info = storage.resolve(data_uri).join("_dataset.json")
+    from pix2pix.distributed.prepare import DATASET_INFO_FILE
+
+    info = storage.resolve(data_uri).join(DATASET_INFO_FILE)
     return json.loads(storage.read_text(info)).get("direction", "AtoB") if storage.exists(info) else "AtoB"
 
 

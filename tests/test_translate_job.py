@@ -101,6 +101,7 @@ def write_manifest(path: Path, keys: list[str]) -> str:
 
 
 @slow
+@pytest.mark.timeout(420)  # four runs: ~150 s on an idle 2-core machine
 def test_local_run_keeps_keys_skips_done_tiles_and_overwrites(ray_session, tiny_checkpoint, tmp_path):
     keys = write_grid(str(tmp_path / "in")) + ["misc/photo.jpg", "flat.png"]
     put(str(tmp_path / "in"), "misc/photo.jpg", encoded(smooth_image(50)))

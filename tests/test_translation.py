@@ -233,3 +233,27 @@ def test_manifests_are_split_into_row_groups_and_read_back(tmp_path):
         manifest_parts(storage.resolve(str(tmp_path / "bad.csv")))
     with pytest.raises(ManifestError, match="not found"):
         manifest_parts(storage.resolve(str(tmp_path / "none.parquet")))
+
+
+def test_the_bbox_tile_range_equals_walking_every_tile():
+    import mercantile
+
+    from pix2pix.translation_plan import bbox_tile_range
+
+    def walked(bbox, zoom):
+        tiles = list(mercantile.tiles(*bbox, zoom))
+        if not tiles:
+            return None
+        return (min(t.x for t in tiles), max(t.x for t in tiles), min(t.y for t in tiles), max(t.y for t in tiles))
+
+    rng = np.random.default_rng(0)
+    boxes = [(-35.02, -8.16, -34.86, -7.93), (170.0, -10.0, -170.0, 10.0), (-180.0, -89.0, 180.0, 89.0),
+             (10.0, 5.0, 10.0, 6.0)]  # Recife, across the antimeridian, beyond Mercator's latitudes, no width
+    for zoom in (3, 9, 14):
+        for x, y in rng.integers(0, 2**zoom, size=(6, 2)):  # edges exactly on tile boundaries
+            west, south, east, north = mercantile.bounds(int(x), int(y), zoom)
+            boxes += [(west, south, east, north), (west, south - 1e-9, east + 1e-9, north)]
+        for west, south in rng.uniform((-179, -80), (170, 70), size=(6, 2)):
+            boxes.append((west, south, west + rng.uniform(0, 9), south + rng.uniform(0, 9)))
+        for bbox in boxes:
+            assert bbox_tile_range(bbox, zoom) == walked(bbox, zoom), (bbox, zoom)
