@@ -49,10 +49,10 @@ def dataset(ray_session, tmp_path_factory) -> str:
     return str(root / "data")
 
 
-def job_config(data_uri, train=TINY, **extra):
+def job_config(data_uri, train=TINY, **options):
     from pix2pix.distributed.train import JobConfig
 
-    return JobConfig(train=train, data_uri=data_uri, threads=1, extra=extra)
+    return JobConfig(train=train, data_uri=data_uri, threads=1, **options)
 
 
 def two_cpu_workers():
@@ -105,9 +105,10 @@ def test_two_worker_run_against_s3(dataset, s3_bucket):
 
 def test_worker_crash_resumes_from_the_latest_checkpoint(dataset, tmp_path):
     from pix2pix.distributed.train import fit
+    from tests.step_hooks import CrashOnce
 
     steps_per_epoch = 16 // (2 * 2)
-    config = job_config(dataset, crash_at_step=steps_per_epoch + 1, crash_marker=str(tmp_path / "crashed"))
+    config = job_config(dataset, on_step=CrashOnce(steps_per_epoch + 1, str(tmp_path / "crashed")))
     result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "crash", max_failures=1)
     assert result.error is None
     assert (tmp_path / "crashed").exists()  # the worker really died once

@@ -20,7 +20,8 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -65,7 +66,9 @@ class JobConfig:
     budget: Budget | None = None  # replaces the epoch schedule: train until it is spent
     started_at: float = 0.0  # time.time() when the job started: where a budget's minutes count from
     verbose: bool = False  # Ray Train's own log lines in the workers
-    extra: dict = field(default_factory=dict)  # test hooks (e.g. crash at a step)
+    # Called on every worker after each training step with the global step: progress reporting,
+    # fault injection. Pickled to the workers with the config.
+    on_step: Callable[[int], None] | None = None
 
 
 def _distributed() -> bool:
@@ -144,8 +147,6 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
     sums = torch.zeros(len(LOSS_NAMES), device=model.device)  # summed on the device: no sync per step
     waits: list[float] = []
     done = 0
-    crash_at = config.extra.get("crash_at_step")
-    progress_dir = config.extra.get("progress_dir")
     for _ in range(steps):
         if clock is not None:
             used = clock.used(model.step)
@@ -161,31 +162,13 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
         sums += torch.stack([parts[name].detach().float() for name in LOSS_NAMES])
         done += 1
         progress.step(done)
-        if progress_dir is not None:
-            _record_progress(progress_dir, model.step)
-        if crash_at is not None and model.step == crash_at and _first_attempt(config):
-            os._exit(1)  # a test hook: the worker dies like a lost node
+        if config.on_step is not None:
+            config.on_step(model.step)
     totals = all_reduce_sum([*sums.tolist(), float(done)])
     count = max(totals[-1], 1.0)
     return EpochResult(losses={name: total / count for name, total in zip(LOSS_NAMES, totals)},
                        batches=int(totals[-1]), seconds=time.perf_counter() - started,
                        first_batch_seconds=waits[0] if waits else 0.0, input_wait_seconds=sum(waits))
-
-
-def _record_progress(directory: str, step: int) -> None:
-    """A test hook: each worker appends "pid step time" to DIRECTORY/rank<r>.log after every
-    step, so that a chaos test can kill one mid-epoch and count the steps lost."""
-    rank = ray.train.get_context().get_world_rank()
-    with open(os.path.join(directory, f"rank{rank}.log"), "a") as log:
-        log.write(f"{os.getpid()} {step} {time.time():.3f}\n")
-
-
-def _first_attempt(config: JobConfig) -> bool:
-    marker = config.extra.get("crash_marker")
-    if marker is None or os.path.exists(marker):
-        return False
-    open(marker, "w").close()
-    return True
 
 
 def validate(model: Pix2Pix, config: JobConfig, rank: int, world_size: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.reliability.conftest import Background, kill, wait_for
 from tests.reliability.fault_proxy import Schedule
+from tests.step_hooks import RecordProgress
 from tests.test_train_job import TINY, assert_export_reproduces_training_state, two_cpu_workers, write_pairs
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -84,7 +85,7 @@ def test_prepare_and_training_survive_s3_faults_and_a_killed_worker(ray_session,
     progress = tmp_path / "progress"
     progress.mkdir()
     config = JobConfig(train=TINY, data_uri=f"s3://{bucket}/data", threads=1, checkpoint_every=1,
-                       extra={"progress_dir": str(progress)})
+                       on_step=RecordProgress(str(progress)))
     faults_before = sum(proxy.stats.faults.values())
     run = Background(fit, config, two_cpu_workers(), f"s3://{bucket}/runs", "chaos", max_failures=1)
     wait_for(lambda: stored_checkpoints(s3, bucket, "runs/chaos/checkpoint_"), 300, "the first checkpoint",
