@@ -247,13 +247,14 @@ def test_the_bbox_tile_range_equals_walking_every_tile():
         return (min(t.x for t in tiles), max(t.x for t in tiles), min(t.y for t in tiles), max(t.y for t in tiles))
 
     rng = np.random.default_rng(0)
-    boxes = [(-35.02, -8.16, -34.86, -7.93), (170.0, -10.0, -170.0, 10.0), (-180.0, -89.0, 180.0, 89.0),
-             (10.0, 5.0, 10.0, 6.0)]  # Recife, across the antimeridian, beyond Mercator's latitudes, no width
-    for zoom in (3, 9, 14):
+    for zoom in (3, 9, 12):
+        # Recife, across the antimeridian, beyond Mercator's latitudes, no width
+        boxes = [(-35.02, -8.16, -34.86, -7.93), (179.0, -1.0, -179.0, 1.0), (-1.0, -89.0, 1.0, 89.0),
+                 (10.0, 5.0, 10.0, 6.0)]
         for x, y in rng.integers(0, 2**zoom, size=(6, 2)):  # edges exactly on tile boundaries
             west, south, east, north = mercantile.bounds(int(x), int(y), zoom)
             boxes += [(west, south, east, north), (west, south - 1e-9, east + 1e-9, north)]
         for west, south in rng.uniform((-179, -80), (170, 70), size=(6, 2)):
-            boxes.append((west, south, west + rng.uniform(0, 9), south + rng.uniform(0, 9)))
+            boxes.append((west, south, west + rng.uniform(0, 2), south + rng.uniform(0, 2)))
         for bbox in boxes:
             assert bbox_tile_range(bbox, zoom) == walked(bbox, zoom), (bbox, zoom)
