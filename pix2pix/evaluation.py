@@ -10,7 +10,6 @@ each pixel's class is its nearest palette colour; IoU per class and their mean.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import posixpath
@@ -24,6 +23,7 @@ import torch
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform, to_model_range
+from pix2pix.hashing import stable_seed
 from pix2pix.metrics import MetricAccumulator, snap_to_palette, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
 from pix2pix.palette import load_palette
@@ -129,7 +129,7 @@ def _raw_split(data: storage.Location, folder: storage.Location, direction: str,
 # ---- running the generator -----------------------------------------------------------------
 
 def pair_seed(key: str, seed: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") % 2**63
+    return stable_seed(f"{seed}:{key}")
 
 
 def make_translate(generator: torch.nn.Module, device: torch.device, precision: str,

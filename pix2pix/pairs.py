@@ -12,12 +12,12 @@ files are added or the job is re-run.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 from collections import defaultdict
 from dataclasses import dataclass
 
 from pix2pix.data import IMAGE_SUFFIXES, PAIRED, SIDE_BY_SIDE
+from pix2pix.hashing import stable_hash
 
 SPLITS = ("train", "val", "test")
 
@@ -42,9 +42,7 @@ class Skipped:
 
 
 def split_for_key(key: str, val_fraction: float) -> str:
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64
-    return "val" if position < val_fraction else "train"
+    return "val" if stable_hash(key) / 2**64 < val_fraction else "train"
 
 
 def detect_layout(relative_paths: list[str], source_dir: str, target_dir: str) -> str:

@@ -14,7 +14,6 @@ numbers are absolute: a resumed run reads epoch 5 as an uninterrupted run would.
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pix2pix import storage
+from pix2pix.hashing import stable_hash
 from pix2pix.data import paired_transform, preprocess_records
 
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
@@ -73,7 +73,7 @@ def batches_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:
 
 def key_hash(key: str) -> int:
     """A stable 32-bit number for a pair's key (the same in every process and run)."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
+    return stable_hash(key) >> 32
 
 
 def owner_rank(key: str, world_size: int) -> int:

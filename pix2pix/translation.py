@@ -3,7 +3,6 @@ Translator that runs a generator on uint8 images. Pure PyTorch/numpy; no Ray, no
 
 from __future__ import annotations
 
-import hashlib
 import math
 import posixpath
 import re
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, to_model_range
+from pix2pix.hashing import stable_seed
 from pix2pix.metrics import palette_classes, snap_to_palette
 from pix2pix.precision import autocast
 
@@ -73,8 +73,7 @@ def output_key(key: str, image_format: str) -> str:
 
 def unit_seed(unit: str, seed: int) -> int:
     """A 63-bit seed for one tile (or block) from its identity and the run's --seed."""
-    digest = hashlib.sha256(f"{seed}\0{unit}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+    return stable_seed(f"{seed}\0{unit}")
 
 
 def fit_tile(image: np.ndarray, size: int, on_size: str) -> np.ndarray:
