@@ -120,6 +120,15 @@ def parse_args(argv=None):
     return args
 
 
+def translate_options(args):
+    """The parsed flags as the library's TranslateOptions (--actors is min = max already; the
+    failure threshold is the job's own)."""
+    from pix2pix.distributed.translate import TranslateOptions
+
+    return TranslateOptions(**{name: value for name, value in vars(args).items()
+                               if name not in ("actors", "max_failed_fraction")})
+
+
 def main() -> int:
     args = parse_args()
     if args.input is None:
@@ -131,10 +140,9 @@ def main() -> int:
             raise cli.JobError(f"no demo model in {DEMO_CHECKPOINT}: run `python jobs/train.py` first")
 
     from pix2pix.distributed import session
-    from pix2pix.distributed.translate import TranslateOptions, check_run, translate
+    from pix2pix.distributed.translate import check_run, translate
 
-    options = TranslateOptions(**{name: value for name, value in vars(args).items()
-                                  if name not in ("actors", "max_failed_fraction")})
+    options = translate_options(args)
     run = check_run(options)
     session.init(args.verbose)
     summary = translate(options, run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -17,6 +18,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Fake credentials, distinctive enough that a test can search every output for the secret.
 S3_ACCESS_KEY = "AKIATESTPIX2PIXKEY00"
 S3_SECRET_KEY = "test-secret-9f8e7d6c5b4a-do-not-print"
+
+
+def load_job(name: str):
+    """A job script's module (jobs/ is not a package): its parse_args and helpers, in process."""
+    spec = importlib.util.spec_from_file_location(f"pix2pix_job_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

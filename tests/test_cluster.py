@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import copy
 import fnmatch
-import importlib.util
 import json
 import os
 import re
@@ -27,7 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_job
 
 CLUSTER = REPO / "cluster"
 AWS_CONFIG = CLUSTER / "aws.yaml"
@@ -87,14 +86,6 @@ def worker_group(spec: dict, needs_gpu: bool) -> dict:
 def gpus_of(group: dict) -> int:
     limits = group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
     return int(limits.get("nvidia.com/gpu", 0))
-
-
-def load_job(name: str):
-    """A job script's module (jobs/ is not a package), for its parse_args."""
-    spec = importlib.util.spec_from_file_location(f"pix2pix_job_{name}", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_entrypoint(words: list[str]):
@@ -610,14 +601,23 @@ def test_runbook_commands_parse_with_the_jobs_parsers():
     assert {"prepare", "train", "translate"} <= names
 
 
-def test_runbook_covers_the_issue():
+def test_the_cost_table_follows_from_the_tiles_the_planner_would_translate():
+    """Every row of the runbook's cost table: its tile count is what the --bbox planner selects,
+    and its price that count of PUT requests at the stated price per 1,000."""
+    from pix2pix.translation_plan import bbox_tile_range
+
     text = RUNBOOK.read_text()
-    for needle in ("ray up cluster/aws.yaml", "--working-dir", "--runtime-env-json", "RAY_ADDRESS",
-                   "RAY_AUTH_MODE", "ray get-auth-token", "cluster/Dockerfile", "kubectl apply",
-                   "ray dashboard cluster/aws.yaml", "--bbox=", "ray job logs", "ray down cluster/aws.yaml",
-                   "PUT", "same region"):
-        assert needle in text, f"the runbook does not mention {needle!r}"
-    assert re.search(r"\$0\.005 per 1,?000", text), "the cost note gives the S3 PUT price"
+    price = float(re.search(r"\*\*\$(\d+\.\d+) per 1,000 PUT\*\*", text).group(1))
+    runbook_bbox = re.search(r"python jobs/translate\.py[^`]*?--bbox=(\S+)", text, re.S).group(1)
+    rows = re.findall(r"^\| ([^|]+) \| (\d+) \| ([\d,]+) \| \$([\d.]+) \|$", text, re.M)
+    assert len(rows) == 3, rows
+    for area, zoom, tiles, dollars in rows:
+        given = re.search(r"`(-?[\d.]+(?:,-?[\d.]+){3})`", area)
+        bbox = tuple(float(v) for v in (given.group(1) if given else runbook_bbox).split(","))
+        x0, x1, y0, y1 = bbox_tile_range(bbox, int(zoom))
+        count = (x1 - x0 + 1) * (y1 - y0 + 1)
+        assert int(tiles.replace(",", "")) == count, (area, zoom, count)
+        assert float(dollars) == round(count * price / 1000, 2), (area, zoom)
 
 
 # ---- placement: GPU asks where the work is GPU work, CPUs elsewhere -------------------------------

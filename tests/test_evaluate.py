@@ -3,7 +3,6 @@ the JSON line and grid, one-line errors, and the real Recife val split."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -30,7 +29,7 @@ from pix2pix.evaluation import (
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
-from tests.conftest import REPO, S3_SECRET_KEY
+from tests.conftest import REPO, S3_SECRET_KEY, load_job
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px; depth 6 has one dropout block
 WATER = (0, 127, 255)
@@ -67,15 +66,8 @@ def raw_pairs(tmp_path_factory) -> Path:
     return root
 
 
-def load_job():
-    spec = importlib.util.spec_from_file_location("evaluate_job", REPO / "jobs" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_job_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    job = load_job()
+    job = load_job("evaluate")
     with pytest.raises(SystemExit) as exited:
         cli.run(lambda: job.main(argv))
     captured = capsys.readouterr()

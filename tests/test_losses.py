@@ -53,11 +53,18 @@ def test_generator_l1_is_mean_abs_error_and_lambda_scales_it():
         assert loss.item() == pytest.approx(LOG2 + lam * expected_l1)
 
 
-def test_default_lambda_is_100():
-    fake, target, logits = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), torch.randn(1, 1, 2, 2)
-    default, _ = generator_loss(logits, fake, target)
-    explicit, _ = generator_loss(logits, fake, target, lambda_l1=100.0)
-    assert default.item() == explicit.item()
+def test_the_generator_objective_is_the_papers_gan_plus_100_l1():
+    """log(1 + e^-x) per logit (the non-saturating GAN term against "real") plus 100 times the
+    mean absolute error, computed by hand on numbers small enough to check."""
+    logits = torch.tensor([[[[0.0, 2.0]]]])
+    fake = torch.tensor([[[[0.5, -0.5]]]])
+    target = torch.tensor([[[[0.25, 0.25]]]])
+    loss, parts = generator_loss(logits, fake, target)
+    gan = (math.log(2.0) + math.log(1.0 + math.exp(-2.0))) / 2
+    l1 = (0.25 + 0.75) / 2
+    assert parts["G_GAN"].item() == pytest.approx(gan, rel=1e-6)
+    assert parts["G_L1"].item() == pytest.approx(l1, rel=1e-6)
+    assert loss.item() == pytest.approx(gan + 100.0 * l1, rel=1e-6)
 
 
 def test_losses_backpropagate_but_parts_are_detached():

@@ -1,4 +1,3 @@
-import importlib.util
 import math
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 from pix2pix import checkpoint, storage
 from pix2pix.training import (Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay, load_scaler_state,
                               sample_grid)
-from tests.conftest import REPO
+from tests.conftest import load_job
 
 TINY = TrainConfig(image_size=64, ngf=8, ndf=8, epochs=2, epochs_decay=2, batch_size=2, precision="fp32")
 
@@ -111,9 +110,7 @@ def test_balance_warning():
 
 
 def test_train_job_recipes_and_their_overrides():
-    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("train")
     args = job.parse_args([])
     assert job.train_config(args, False, "paper") == TrainConfig()
     assert job.train_config(args, False, "compact") == TrainConfig(ngf=32, ndf=32, lr=4e-4)
@@ -163,9 +160,7 @@ def test_the_sample_grid_runs_in_the_core():
 
 
 def test_train_job_checkpoint_and_validation_intervals(capsys):
-    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_job("train")
     args = job.parse_args([])
     assert job.epoch_intervals(args, use_gpu=False) == {"checkpoint_every": 1, "validate_every": 1}
     assert job.epoch_intervals(args, use_gpu=True) == {"checkpoint_every": 5, "validate_every": 5}  # epochs of seconds

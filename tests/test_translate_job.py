@@ -4,7 +4,6 @@ batch independence, context seams on a real scene, a real `ray job submit`, CLI 
 from __future__ import annotations
 
 import glob
-import importlib.util
 import io
 import json
 import re
@@ -24,7 +23,7 @@ from pix2pix.metrics import snap_to_palette
 from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from pix2pix.tileset import TILEJSON_FILE
-from tests.conftest import REPO, S3_SECRET_KEY
+from tests.conftest import REPO, S3_SECRET_KEY, load_job
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px tiles; depth 6 has a dropout block for --stochastic
 GRID = [(x, y) for x in range(10, 13) for y in range(20, 23)]  # 3x3 XYZ tiles at zoom 12
@@ -227,7 +226,7 @@ def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_
     assert sorted(outputs(tmp_path / "out")) == sorted(key[:-4] + ".png" for key in good)
 
     # The CLI turns too many failures into one line and a non-zero exit, after the summary.
-    job = _load_job_module()
+    job = load_job("translate")
     argv = ["translate.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"),
             "--checkpoint", tiny_checkpoint, "--manifest", manifest, "--threads", "1",
             "--max-failed-fraction", "0.2"]
@@ -235,13 +234,6 @@ def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_
         patch.setattr(sys, "argv", argv)
         with pytest.raises(Exception, match=r"tiles failed, more than --max-failed-fraction 0.2"):
             job.main()
-
-
-def _load_job_module():
-    spec = importlib.util.spec_from_file_location("translate_job", REPO / "jobs" / "translate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @slow
@@ -372,14 +364,28 @@ def run_job(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_help_documents_every_flag():
-    completed = run_job("--help")
-    assert completed.returncode == 0
-    for flag in ("--input", "--output", "--checkpoint", "--manifest", "--bbox", "--zoom", "--format", "--image-size",
-                 "--on-size", "--context", "--stochastic", "--seed", "--precision", "--threads", "--batch-size",
-                 "--actors", "--min-actors", "--max-actors", "--gpu", "--cpu", "--overwrite",
-                 "--max-failed-fraction", "--preview", "--palette"):
-        assert flag in completed.stdout
+def test_every_flag_reaches_the_translate_options():
+    job = load_job("translate")
+    args = job.parse_args([
+        "--input", "s3://b/sat", "--output", "s3://b/map", "--checkpoint", "s3://b/run",
+        "--bbox=-35.02,-8.16,-34.86,-7.93", "--zoom", "17", "--format", "png", "--image-size", "128",
+        "--on-size", "error", "--context", "16", "--stochastic", "--seed", "7", "--palette", "recife",
+        "--precision", "fp32", "--threads", "2", "--batch-size", "4", "--actors", "3", "--gpu", "--overwrite",
+        "--max-failed-fraction", "0.5", "--preview", "/tmp/p.png", "--verbose"])
+    assert args.max_failed_fraction == 0.5
+    options = job.translate_options(args)
+    assert options.bbox == (-35.02, -8.16, -34.86, -7.93) and options.zoom == 17
+    assert (options.input, options.output, options.checkpoint) == ("s3://b/sat", "s3://b/map", "s3://b/run")
+    assert (options.image_format, options.image_size, options.on_size, options.context) == ("png", 128, "error", 16)
+    assert (options.stochastic, options.seed, options.palette, options.no_palette) == (True, 7, "recife", False)
+    assert (options.precision, options.threads, options.batch_size) == ("fp32", 2, 4)
+    assert (options.min_actors, options.max_actors, options.gpu) == (3, 3, True)
+    assert (options.overwrite, options.preview, options.verbose) == (True, "/tmp/p.png", True)
+    manifest = job.translate_options(job.parse_args(["--input", "i", "--output", "o", "--checkpoint", "c",
+                                                     "--manifest", "m.csv", "--cpu", "--no-palette",
+                                                     "--min-actors", "1", "--max-actors", "4"]))
+    assert (manifest.manifest, manifest.gpu, manifest.no_palette) == ("m.csv", False, True)
+    assert (manifest.min_actors, manifest.max_actors, manifest.bbox) == (1, 4, None)
 
 
 @pytest.mark.parametrize("args, code, message", [
