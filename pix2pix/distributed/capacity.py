@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ray
 from ray.autoscaler.sdk import request_resources

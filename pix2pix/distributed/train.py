@@ -313,8 +313,7 @@ class Resources:
 
 def node_cpus() -> list[float]:
     """CPUs of each alive node that has any (a head started with --num-cpus 0 has none)."""
-    return [node["Resources"]["CPU"] for node in ray.nodes()
-            if node.get("Alive") and node.get("Resources", {}).get("CPU", 0) > 0]
+    return [node["CPU"] for node in capacity.alive_nodes() if node.get("CPU", 0) > 0]
 
 
 def plan_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
