@@ -36,7 +36,7 @@ from bench.translate_bench import RECIFE, fitted_export, slice_scenes  # noqa: E
 from bench.train_bench import cpu_flags  # noqa: E402
 from pix2pix import checkpoint, storage  # noqa: E402
 from pix2pix.data import encode_image  # noqa: E402
-from pix2pix.metrics import palette_classes  # noqa: E402
+from pix2pix.palette import palette_classes  # noqa: E402
 from pix2pix.palette import RECIFE_PALETTE, encode_paletted_png  # noqa: E402
 
 

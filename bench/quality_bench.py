@@ -1,204 +1,144 @@
-"""Quality on real data at equal wall time and equal pairs: one of the project's recipes
-(--recipe: "compact", the CPU default: half width, twice the learning rate; "paper-widths", the
-GPU default; "compact-paper-lr": half width at the paper's rate; all with instance norm and the
-target resized nearest-neighbour, pix2pix.training.RECIPES) against the paper's
-plain recipe, on ../shared/data/recife (1,500 train / 100 val pairs, 256 px).
+"""Quality on the product path: candidates trained by `jobs/train.py` with a budget and scored
+by `jobs/evaluate.py` on the val split, per-class IoU with bootstrap intervals over the pairs.
 
-    python bench/quality_bench.py --minutes 15 --seeds 0 1 --recipe compact
+    python bench/quality_bench.py --max-pairs 3000 --seeds 0 1 --candidates base ema resize palette
+    python bench/quality_bench.py --max-minutes 30 --seeds 0 --candidates base final
 
-For each seed the two recipes train side by side, each in its own process pinned to its own
-CPU core with one torch thread, for the same wall-time budget (same machine, same moment, so
-background load hits both alike). Both use the library's training step (pix2pix.training)
-on pairs decoded once up front; augmentation runs inside the budget. Then every model is
-evaluated on the whole val split (pix2pix.evaluation): the baseline the paper's way (dropout
-on, batch statistics, batch size 1) and in eval mode, the better one reported; the project's
-model in eval mode, at the end of the budget, and again trained from the start (same seed)
-and stopped at exactly the baseline's number of training pairs (equal data; these runs go
-two at a time, one per seed). Prints one table; writes grids and the per-run JSON under
---work (outside the repository: they derive from the data).
+A candidate is a name from CANDIDATES or NAME=FLAGS (e.g. 'pal3=--palette-weight 3'): the flags
+are added to `jobs/train.py --data DATA --palette recife --seed S` and the budget. Every run
+is the job users run (Ray Train, one worker, the machine's defaults); runs go one after the
+other, and a run whose result exists under --work is not trained again, so a screen can be
+spread over sessions. Equal pairs (--max-pairs) is how candidates are compared: this VM's speed
+drifts 20-30%, which would confound equal-time runs. Everything derived from the data (runs,
+grids, results) stays under --work, outside the repository.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
+import shlex
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 RECIFE = REPO.parent / "shared" / "data" / "recife"
+CANDIDATES = {
+    "base": "",  # the defaults of jobs/train.py
+    "ema": "--ema-decay 0.999",
+    "resize": "--upsample resize",
+    "palette": "--palette-weight 1",
+}
+SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 
 
-def recipe(name: str, seed: int):
-    """(TrainConfig, target interpolation) of a recipe."""
-    import cv2
-
-    from pix2pix.training import RECIPES, TrainConfig
-
-    if name == "paper":  # Isola et al.: batch 1, batch norm, fp32, bicubic resize of both images
-        paper = TrainConfig(ngf=64, ndf=64, norm="batch", batch_size=1, precision="fp32", seed=seed)
-        return paper, cv2.INTER_CUBIC
-    # The project's recipes: instance norm, batch 1, the target resized nearest-neighbour.
-    if name == "compact-paper-lr":  # half width at the paper's lr: the first session's "compact"
-        return TrainConfig(ngf=32, ndf=32, seed=seed), cv2.INTER_NEAREST
-    library_name = {"compact": "compact", "paper-widths": "paper"}[name]
-    return TrainConfig(**RECIPES[library_name], seed=seed), cv2.INTER_NEAREST
+def candidate_flags(spec: str) -> tuple[str, list[str]]:
+    name, _, flags = spec.partition("=")
+    if not flags and name not in CANDIDATES:
+        raise SystemExit(f"unknown candidate {name!r}: use one of {', '.join(CANDIDATES)} or NAME=FLAGS")
+    return name, shlex.split(flags or CANDIDATES[name])
 
 
-RECIPES = ("compact", "paper-widths", "compact-paper-lr")
+def last_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def load_pairs(split: str) -> list:
-    import numpy as np
-    from PIL import Image
-
-    pairs = []
-    for source in sorted(glob.glob(str(RECIFE / split / "sat" / "*.jpg"))):
-        target = source.replace("/sat/", "/map/").replace(".jpg", ".png")
-        pairs.append(tuple(np.asarray(Image.open(path).convert("RGB")) for path in (source, target)))
-    return pairs
+def run(command: list[str], log: Path) -> str:
+    print("  $ " + " ".join(command[1:]), flush=True)
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    log.write_text(completed.stdout + completed.stderr)
+    if completed.returncode:
+        raise SystemExit(f"failed ({completed.returncode}), see {log}")
+    return completed.stdout
 
 
-def train(name: str, seed: int, minutes: float, core: int, out: Path, max_pairs: int = 0) -> dict:
-    """One recipe on one core for ``minutes`` (or until ``max_pairs`` pairs); exports the generator."""
-    import numpy as np
-    import torch
-
-    from pix2pix import checkpoint, storage
-    from pix2pix.data import augment_pair, paired_transform
-    from pix2pix.precision import set_threads
-    from pix2pix.training import Pix2Pix
-
-    os.sched_setaffinity(0, {core})
-    set_threads(1)
-    config, target_interpolation = recipe(name, seed)
-    pairs = load_pairs("train")
-    transform = paired_transform(config.image_size, train=True, seed=seed, target_interpolation=target_interpolation)
-    model = Pix2Pix(config)
-    rng = np.random.default_rng(seed)
-    started = time.monotonic()
-    deadline = started + 60 * minutes
-    seen, losses = 0, []
-
-    def done() -> bool:
-        return time.monotonic() >= deadline or 0 < max_pairs <= seen
-
-    while not done():
-        order = rng.permutation(len(pairs))
-        for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-            batch = [augment_pair(transform, *pairs[i]) for i in order[start:start + config.batch_size]]
-            source, target = (torch.from_numpy(np.stack(side)).permute(0, 3, 1, 2) for side in zip(*batch))
-            losses.append({k: float(v) for k, v in model.train_step(source, target).items()})
-            seen += config.batch_size
-            if done():
-                break
-        else:
-            model.end_epoch()  # lr stays constant: the budget is far below the paper's 100 epochs
-    seconds = time.monotonic() - started
-    info = checkpoint.ExportInfo(config.generator_config(), image_size=config.image_size, step=model.step,
-                                 extra={"pairs_seen": seen, "recipe": name})
-    checkpoint.export_generator(model.generator, info, storage.resolve(str(out / "final")))
-    last = losses[-50:]
-    return {"recipe": name, "seed": seed, "pairs_seen": seen, "steps": model.step, "seconds": seconds,
-            "pairs_per_s": seen / seconds, "final_losses": {k: sum(x[k] for x in last) / len(last) for k in last[0]}}
+def prepared(work: Path, data: str | None) -> str:
+    if data:
+        return data
+    folder = work / "data"
+    if not (folder / "train").exists():
+        if not RECIFE.exists():
+            raise SystemExit(f"no data: {RECIFE} is missing; pass --data")
+        run([sys.executable, "jobs/prepare.py", "--input", str(RECIFE), "--output", str(folder)], work / "prepare.log")
+    return str(folder)
 
 
-def evaluate(export: Path, paper_mode: bool, grid: Path) -> dict:
-    from pix2pix.evaluation import EvaluateOptions, evaluate as run
-
-    return run(EvaluateOptions(data=str(RECIFE), checkpoint=str(export), palette="recife", threads=os.cpu_count(),
-                               paper_mode=paper_mode, batch_size=1 if paper_mode else 8, grid=str(grid),
-                               grid_count=6))
-
-
-def side_by_side(jobs: list[tuple[str, int, Path, int]], minutes: float) -> list[dict]:
-    """Train (recipe, seed, out, max_pairs) jobs at once, one per core; their train.json."""
-    processes = []
-    for core, (name, seed, out, max_pairs) in enumerate(jobs):
-        out.mkdir(parents=True, exist_ok=True)
-        processes.append(subprocess.Popen([sys.executable, __file__, "--minutes", str(minutes), "--child", name,
-                                           str(seed), str(core % os.cpu_count()), str(out), str(max_pairs)]))
-    for (name, seed, out, _), process in zip(jobs, processes):
-        if process.wait():
-            raise SystemExit(f"{name} seed {seed} failed")
-    return [json.loads((out / "train.json").read_text()) for _, _, out, _ in jobs]
-
-
-def equal_time(work: Path, seed: int, minutes: float, project_recipe: str) -> dict:
-    paper_out, project_out = work / f"paper-seed{seed}", work / f"{project_recipe}-seed{seed}"
-    paper, project = side_by_side([("paper", seed, paper_out, 0), (project_recipe, seed, project_out, 0)], minutes)
-    baseline = {mode: evaluate(paper_out / "final", mode == "paper", paper_out / f"grid-{mode}.png")
-                for mode in ("paper", "eval")}
-    best = max(baseline, key=lambda mode: baseline[mode]["miou"])
-    return {"seed": seed, "paper": paper, "project": project, "baseline_mode": best, "baseline": baseline[best],
-            "baseline_other": baseline["eval" if best == "paper" else "paper"],
-            "equal_time": evaluate(project_out / "final", False, project_out / "grid-final.png")}
+def train_and_score(work: Path, data: str, name: str, flags: list[str], seed: int, budget: list[str]) -> dict:
+    run_name = f"{name}-s{seed}-{budget[0][6]}{budget[1]}"  # e.g. ema-s0-p3000, base-s0-m30
+    result = work / "results" / f"{run_name}.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    for folder in ("results", "logs", "grids"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    trained = last_json(run([sys.executable, "jobs/train.py", "--data", data, "--storage", str(work / "runs"),
+                             "--name", run_name, "--palette", "recife", "--seed", str(seed), *budget, *flags],
+                            work / "logs" / f"{run_name}.train.log"))
+    scored = last_json(run([sys.executable, "jobs/evaluate.py", "--data", data, "--checkpoint", trained["run"],
+                            "--grid", str(work / "grids" / f"{run_name}.png")],
+                           work / "logs" / f"{run_name}.evaluate.log"))
+    history = [json.loads(line) for line in (Path(trained["run"]) / "metrics.jsonl").read_text().splitlines()]
+    record = {"run": run_name, "candidate": name, "flags": flags, "seed": seed, "budget": budget,
+              "pairs": trained["step"], "train_seconds": trained["seconds"], "evaluation": scored,
+              "curve": [{"minutes_used": row.get("budget_used"), "step": row["step"],
+                         "mIoU": row.get("val_mIoU"), "building": row.get("val_IoU/building"),
+                         "road": row.get("val_IoU/road")} for row in history]}
+    result.write_text(json.dumps(record, indent=1))
+    return record
 
 
-def equal_pairs(work: Path, rows: list[dict]) -> None:
-    """The project's recipe again, stopped at exactly the baseline's number of pairs."""
-    jobs = [(row["project"]["recipe"], row["seed"], work / f"{row['project']['recipe']}-seed{row['seed']}-equal",
-             row["paper"]["pairs_seen"]) for row in rows]
-    for row, run, (_, _, out, _) in zip(rows, side_by_side(jobs, 10**6), jobs):
-        row["project_equal"] = run
-        row["equal_pairs"] = evaluate(out / "final", False, out / "grid.png")
+def interval(evaluation: dict, name: str) -> str:
+    value = evaluation["miou"] if name == "mIoU" else evaluation["per_class_iou"].get(name)
+    low, high = evaluation["iou_interval_95"].get(name, (None, None))
+    return "-" if value is None else f"{value:.3f} [{low:.2f}, {high:.2f}]"
+
+
+def report(records: list[dict]) -> None:
+    print("\n| candidate | seed | pairs | train s | mIoU [95%] | building [95%] | road [95%] | "
+          + " | ".join(SHOWN[2:]) + " |")
+    print("|---" * (7 + len(SHOWN) - 2) + "|")
+    for record in records:
+        evaluation = record["evaluation"]
+        others = " | ".join(f"{evaluation['per_class_iou'].get(name, float('nan')):.3f}" for name in SHOWN[2:])
+        print(f"| {record['candidate']} | {record['seed']} | {record['pairs']} | {record['train_seconds']:.0f} | "
+              f"{interval(evaluation, 'mIoU')} | {interval(evaluation, 'building')} | {interval(evaluation, 'road')} | "
+              f"{others} |")
+    by_candidate: dict[str, list[dict]] = {}
+    for record in records:
+        by_candidate.setdefault(record["candidate"], []).append(record["evaluation"])
+    print("\nmean over seeds: " + "; ".join(
+        f"{name} mIoU {statistics.mean(e['miou'] for e in runs):.3f}, building "
+        f"{statistics.mean(e['per_class_iou'].get('building', 0) for e in runs):.3f}, road "
+        f"{statistics.mean(e['per_class_iou'].get('road', 0) for e in runs):.3f}"
+        for name, runs in by_candidate.items()))
+    for record in records:
+        if record["budget"][0] == "--max-minutes":
+            minutes = float(record["budget"][1])
+            print(f"\ncurve of {record['run']} (validation after each epoch): " + "; ".join(
+                f"{(point['minutes_used'] or 0) * minutes:.1f} min, {point['step']} pairs: mIoU {point['mIoU']:.3f}, "
+                f"building {point['building'] or 0:.3f}, road {point['road'] or 0:.3f}" for point in record["curve"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget per run")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-pairs", type=int)
+    budget.add_argument("--max-minutes", type=float)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--recipe", choices=RECIPES, default="compact", help="the recipe set against the paper's")
-    parser.add_argument("--work", default="/tmp/pix2pix-quality-bench")
-    parser.add_argument("--equal-pairs-only", action="store_true",
-                        help="only the equal-pairs runs, for the equal-time results already in --work")
-    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # recipe seed core out max_pairs
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    parser.add_argument("--data", help="a prepared Recife dataset (default: prepared from ../shared under --work)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/pix2pix-quality-bench"))
     args = parser.parse_args()
-    if args.child:
-        name, seed, core, out, max_pairs = args.child
-        result = train(name, int(seed), args.minutes, int(core), Path(out), int(max_pairs))
-        (Path(out) / "train.json").write_text(json.dumps(result))
-        return
-    if not RECIFE.is_dir():
-        raise SystemExit(f"needs the Recife pairs in {RECIFE}")
-    work = Path(args.work)
-    results = work / "results.json"
-    if args.equal_pairs_only:
-        rows = json.loads(results.read_text())
-    else:
-        rows = []
+    data = prepared(args.work, args.data)
+    budget = ["--max-pairs", str(args.max_pairs)] if args.max_pairs else ["--max-minutes", f"{args.max_minutes:g}"]
+    records = []
+    for spec in args.candidates:
+        name, flags = candidate_flags(spec)
         for seed in args.seeds:
-            rows.append(equal_time(work, seed, args.minutes, args.recipe))
-            results.write_text(json.dumps(rows, indent=1))
-    equal_pairs(work, rows)
-    results.write_text(json.dumps(rows, indent=1))
-    report(rows, args.minutes)
-
-
-def report(rows: list[dict], minutes: float) -> None:
-    def line(label: str, run: dict, pairs: int | None) -> str:
-        ious = " ".join(f"{name[:4]} {value:.2f}" for name, value in run["per_class_iou"].items())
-        return (f"  {label:34s} pairs {pairs or 0:5d} | mIoU {run['miou']:.3f} | pixel acc {run['pixel_accuracy']:.3f}"
-                f" (snapped to the palette {run['pixel_accuracy_snapped']:.3f})"
-                f" | L1 {run['l1']:.3f} PSNR {run['psnr']:.2f} SSIM {run['ssim']:.3f} | {ious}")
-
-    print(f"\nRecife val (100 pairs, 256 px), {minutes:g} min of training per run, one core and one thread each")
-    for row in rows:
-        project = row["project"]["recipe"]
-        print(f"seed {row['seed']}: paper {row['paper']['pairs_per_s']:.3f} pairs/s, "
-              f"{project} {row['project']['pairs_per_s']:.3f} pairs/s")
-        print(line(f"paper recipe ({row['baseline_mode']} mode, the better)", row["baseline"],
-                   row["paper"]["pairs_seen"]))
-        other = "eval" if row["baseline_mode"] == "paper" else "paper"
-        print(line(f"paper recipe ({other} mode)", row["baseline_other"], row["paper"]["pairs_seen"]))
-        print(line(f"{project}, equal time", row["equal_time"], row["project"]["pairs_seen"]))
-        print(line(f"{project}, equal pairs", row["equal_pairs"], row["project_equal"]["pairs_seen"]))
+            print(f"{name}, seed {seed}", flush=True)
+            records.append(train_and_score(args.work, data, name, flags, seed, budget))
+    report(records)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults, storage  # noqa: E402
 from pix2pix.budget import Budget  # noqa: E402
-from pix2pix.networks import NORM_KINDS  # noqa: E402
+from pix2pix.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
 from pix2pix.palette import PaletteError, load_palette  # noqa: E402
 from pix2pix.training import RECIPES, TrainConfig, default_recipe  # noqa: E402
 
@@ -77,6 +77,15 @@ def parse_args(argv=None):
     recipe.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep NCHW memory layout")
     recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
+    recipe.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
+                        help="decoder upsampling: transposed convolutions (the paper's) or resize-convolution "
+                        f"(no checkerboard) (default: {DEFAULTS.upsample})")
+    recipe.add_argument("--ema-decay", type=float, default=None,
+                        help="validate and export an exponential moving average of the generator's weights with "
+                        f"this decay; 0: off (default: {DEFAULTS.ema_decay})")
+    recipe.add_argument("--palette-weight", type=float, default=None,
+                        help="with --palette: weight of a class-balanced cross-entropy over the palette's classes "
+                        f"beside GAN + L1; 0: off (default: {DEFAULTS.palette_weight})")
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
@@ -100,6 +109,8 @@ def parse_args(argv=None):
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
     args = parser.parse_args(argv)
+    if args.palette_weight and args.data is not None and not args.palette:
+        parser.error("--palette-weight needs --palette (the classes it weighs)")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
     for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints", "max_pairs"):
@@ -111,7 +122,8 @@ def parse_args(argv=None):
 
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:
     chosen = {name: getattr(args, name) for name in
-              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr")
+              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
+               "ema_decay", "palette_weight")
               if getattr(args, name) is not None}
     base = {**RECIPES[recipe], **(DEMO_SETTINGS if demo else {})}
     return TrainConfig(**{**base, **chosen}, norm=args.norm, dropout=args.dropout, beta1=args.beta1,

@@ -142,7 +142,7 @@ def preprocess_records(records: list[dict], transform: A.Compose) -> dict[str, n
     """Shard rows -> {"key", "source", "target"} with uint8 NCHW arrays, ready for the model.
 
     uint8 keeps the batches 4x smaller in transit; scaling to [-1, 1] happens on the device
-    (see ``to_model_range``).
+    (see ``ranges.to_model_range``).
     """
     sources, targets = [], []
     for record in records:
@@ -154,11 +154,6 @@ def preprocess_records(records: list[dict], transform: A.Compose) -> dict[str, n
         "source": np.ascontiguousarray(np.stack(sources)),
         "target": np.ascontiguousarray(np.stack(targets)),
     }
-
-
-def to_model_range(images):
-    """uint8 0..255 (tensor or array) -> float in [-1, 1]."""
-    return images.float() / 127.5 - 1.0 if hasattr(images, "float") else images / 127.5 - 1.0
 
 
 def encode_image(image: np.ndarray, image_format: str = "png", quality: int = 90, png_level: int = 6) -> bytes:

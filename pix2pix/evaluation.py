@@ -22,9 +22,11 @@ import pyarrow.parquet as pq
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform, to_model_range
+from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform
 from pix2pix.hashing import stable_seed
-from pix2pix.metrics import MetricAccumulator, snap_to_palette, to_uint8
+from pix2pix.metrics import MetricAccumulator, bootstrap_iou, iou_counts
+from pix2pix.palette import snap_to_palette
+from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
 from pix2pix.palette import load_palette
 from pix2pix.precision import autocast, inference_precision, set_threads
@@ -172,6 +174,7 @@ class Evaluation:
     skipped: list[str]
     grid_rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]  # key, source, generated, target (HWC)
     target_off_palette: float | None
+    pair_iou_counts: tuple[np.ndarray, np.ndarray] | None = None  # (pairs, K) intersections, unions
 
 
 def evaluate_records(records: Iterable[dict], translate: Translate, image_size: int,
@@ -188,6 +191,7 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
     grid_rows: list = []
     counts = {"pairs": 0, "off_palette": 0, "pixels": 0}
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
+    pair_counts: list[tuple[np.ndarray, np.ndarray]] = []  # per pair, for the bootstrap intervals
 
     def flush() -> None:
         nonlocal grid_rows
@@ -198,6 +202,9 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
         accumulator.update(generated, to_model_range(targets))
         counts["pairs"] += len(batch)
         if palette:
+            for one, target in zip(generated, to_model_range(targets)):
+                intersection, union = iou_counts(one[None], target[None], palette)
+                pair_counts.append((intersection.numpy(), union.numpy()))
             counts["off_palette"] += off_palette_pixels(targets, palette)
             counts["pixels"] += targets.shape[0] * targets.shape[2] * targets.shape[3]
         if grid_count:
@@ -225,8 +232,9 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
     if not counts["pairs"]:
         raise EvaluationError(f"no pair could be read ({'; '.join(skipped[:3])})")
     off_palette = counts["off_palette"] / counts["pixels"] if palette else None
+    per_pair = (np.stack([i for i, _ in pair_counts]), np.stack([u for _, u in pair_counts])) if pair_counts else None
     return Evaluation(MetricAccumulator.summarize(accumulator.totals()), counts["pairs"], skipped, grid_rows,
-                      off_palette)
+                      off_palette, per_pair)
 
 
 def write_grid(rows, uri: str) -> None:
@@ -287,6 +295,8 @@ def evaluate(options: EvaluateOptions) -> dict:
         summary["per_class_iou"] = {name: _number(result.metrics[f"IoU/{name}"])
                                     for name in palette if f"IoU/{name}" in result.metrics}
         summary["miou"] = _number(result.metrics.get("mIoU", math.nan))
+        intervals = bootstrap_iou(*result.pair_iou_counts, list(palette))
+        summary["iou_interval_95"] = {name: [round(low, 4), round(high, 4)] for name, (low, high) in intervals.items()}
         summary["pixel_accuracy_snapped"] = _number(result.metrics["pixel_accuracy_snapped"])
         summary["target_off_palette"] = _number(result.target_off_palette)
     summary["grid"] = options.grid if result.grid_rows else None

@@ -6,6 +6,8 @@ bf16 log/mean loses too much precision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,10 +28,44 @@ def discriminator_loss(
     return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
 
 
+@dataclass(frozen=True)
+class PaletteTerm:
+    """For colour-coded targets: a class-balanced cross-entropy over the palette's classes, added
+    to (not replacing) GAN + L1. A pixel's logits are -(squared distance to each palette
+    colour) / temperature, so it is differentiable in the output colours and lowest when the
+    output sits on the target's colour; class weights make rare classes (roads) count."""
+
+    colours: Tensor  # (K, 3) in [-1, 1]
+    class_weights: Tensor  # (K,)
+    weight: float  # of the term, beside lambda_l1's L1
+    temperature: float  # in squared [-1, 1] units: 0.1 is a tenth of the closest Recife colours' distance
+
+    def to(self, device) -> "PaletteTerm":
+        return PaletteTerm(self.colours.to(device), self.class_weights.to(device), self.weight, self.temperature)
+
+
+def palette_logits(images: Tensor, colours: Tensor, temperature: float) -> Tensor:
+    """(N, 3, H, W) images -> (N, K, H, W) logits: -(squared distance to each colour) / temperature."""
+    distances = ((images.float().unsqueeze(1) - colours.view(1, -1, 3, 1, 1)) ** 2).sum(dim=2)
+    return -distances / temperature
+
+
+def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm) -> Tensor:
+    classes = palette_logits(target, term.colours, 1.0).argmax(dim=1)  # the target's nearest colour
+    return F.cross_entropy(palette_logits(fake, term.colours, term.temperature), classes,
+                           weight=term.class_weights)
+
+
 def generator_loss(
-    fake_logits: Tensor, fake: Tensor, target: Tensor, lambda_l1: float = 100.0
+    fake_logits: Tensor, fake: Tensor, target: Tensor, lambda_l1: float = 100.0,
+    palette: PaletteTerm | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     gan = _bce_against(fake_logits, 1.0)
     l1 = F.l1_loss(fake.float(), target.float())
     loss = gan + lambda_l1 * l1
-    return loss, {"G_GAN": gan.detach(), "G_L1": l1.detach()}
+    parts = {"G_GAN": gan.detach(), "G_L1": l1.detach()}
+    if palette is not None:
+        cross_entropy = palette_loss(fake, target, palette)
+        loss = loss + palette.weight * cross_entropy
+        parts["G_palette"] = cross_entropy.detach()
+    return loss, parts

@@ -18,12 +18,16 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
+
+from pix2pix.palette import palette_classes
+from pix2pix.ranges import to_model_range, to_uint8, to_unit
 
 _SSIM_KERNEL = 11
 
@@ -41,17 +45,6 @@ def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     return pred.detach().float(), target.detach().float()
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """[-1, 1] floats -> uint8 0..255 (rounded, clamped), same layout."""
-    scaled = (images.detach().float() + 1.0) * 127.5
-    return scaled.round().clamp(0, 255).to(torch.uint8)
-
-
-def to_unit(images: Tensor) -> Tensor:
-    """[-1, 1] floats -> float32 in [0, 1] (clamped), same layout."""
-    return ((images.detach().float() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 def _ssim_kernel(height: int, width: int) -> int:
@@ -116,34 +109,8 @@ def pixel_accuracy(pred: Tensor, target: Tensor, tolerance: float = 5) -> float:
     return _correct_pixels(pred, target, tolerance).double().mean().item()
 
 
-def palette_classes(images: Tensor, palette: Mapping[str, tuple[int, int, int]]) -> Tensor:
-    """Index (in palette order) of the nearest palette colour per pixel -> LongTensor (N, H, W).
-
-    The dtype picks the scale: uint8 images are read as 0..255, floating
-    images as the model's [-1, 1] (quantised with `to_uint8` first). Distance
-    is squared RGB distance on 0..255; ties go to the earlier palette entry.
-    """
-    images = _as_batch(images.detach())
-    rgb = images if images.dtype == torch.uint8 else to_uint8(images)
-    colours = torch.tensor(list(palette.values()), dtype=torch.int32, device=rgb.device)  # (K, 3)
-    # Classify each distinct colour once: maps have a handful, outputs far fewer than pixels.
-    channels = rgb.int()
-    codes = (channels[:, 0] << 16) | (channels[:, 1] << 8) | channels[:, 2]  # (N, H, W)
-    distinct, inverse = torch.unique(codes, return_inverse=True)
-    distinct_rgb = torch.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], dim=-1)  # (U, 3)
-    distances = ((distinct_rgb.unsqueeze(1) - colours) ** 2).sum(dim=-1)  # (U, K)
-    return distances.argmin(dim=-1)[inverse]
-
-
-def snap_to_palette(images: Tensor, palette: Mapping[str, tuple[int, int, int]]) -> Tensor:
-    """Every pixel replaced by its nearest palette colour -> uint8 (N, 3, H, W): a colour-coded
-    map with exact class colours (a generator only approaches them)."""
-    colours = torch.tensor(list(palette.values()), dtype=torch.uint8, device=images.device)
-    return colours[palette_classes(images, palette)].permute(0, 3, 1, 2).contiguous()
-
-
-def _iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
-                pred_cls: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
+               pred_cls: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-class intersection and union pixel counts, each a float64 tensor of length K."""
     k = len(palette)
     pred_cls = (palette_classes(pred, palette) if pred_cls is None else pred_cls).reshape(-1)
@@ -168,8 +135,29 @@ def class_iou(pred: Tensor, target: Tensor, palette: Mapping[str, tuple[int, int
 
     Classes absent from both pred and target are omitted (no NaN entries).
     """
-    intersection, union = _iou_counts(pred, target, palette)
+    intersection, union = iou_counts(pred, target, palette)
     return _iou_from_counts(palette.keys(), intersection.tolist(), union.tolist())
+
+
+def bootstrap_iou(intersections: np.ndarray, unions: np.ndarray, names: list[str], samples: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of each class IoU and of the mIoU, resampling pairs.
+
+    ``intersections``/``unions``: (pairs, K) pixel counts of each pair (``iou_counts``). A
+    resample's IoU sums the counts of its pairs, as the whole-split IoU does; classes absent
+    from a resample are left out of its mIoU. Rare classes (roads) come out wide.
+    """
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(intersections), size=(samples, len(intersections)))
+    inter, union = intersections[picks].sum(axis=1), unions[picks].sum(axis=1)  # (samples, K)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, np.nan)
+    tails = [50 * (1 - level), 50 * (1 + level)]
+    result = {name: tuple(float(v) for v in np.nanpercentile(iou[:, k], tails))
+              for k, name in enumerate(names) if unions[:, k].sum() > 0}
+    if result:
+        result["mIoU"] = tuple(float(v) for v in np.percentile(np.nanmean(iou, axis=1), tails))
+    return result
 
 
 def add_totals(*totals: Mapping[str, float]) -> dict[str, float]:
@@ -222,10 +210,10 @@ class MetricAccumulator:
         t["image_count"] += pred.shape[0]
         if self.palette:
             pred_cls = palette_classes(pred, self.palette)
-            colours = torch.tensor(list(self.palette.values()), dtype=torch.float32) / 127.5 - 1.0
+            colours = to_model_range(torch.tensor(list(self.palette.values())))
             snapped = colours.to(pred.device)[pred_cls].permute(0, 3, 1, 2)
             t["snapped_correct_pixels"] += _correct_pixels(snapped, target, self.tolerance).sum().item()
-            intersection, union = _iou_counts(pred, target, self.palette, pred_cls)
+            intersection, union = iou_counts(pred, target, self.palette, pred_cls)
             for name, i, u in zip(self.palette, intersection.tolist(), union.tolist()):
                 t[f"intersection/{name}"] += i
                 t[f"union/{name}"] += u

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 NORM_KINDS = ("instance", "batch")
+UPSAMPLE_KINDS = ("transposed", "resize")
 MIN_DEPTH, MAX_DEPTH = 2, 10
 MAX_DROPOUT_BLOCKS = 3
 
@@ -53,6 +54,9 @@ class GeneratorConfig(_DictConfig):
     depth: int = 8  # down (and up) steps: 8 for 256 px ("unet_256"), 7 for 128 px
     norm: str = "instance"
     dropout: float = 0.5
+    # transposed: the paper's 4x4 stride-2 transposed convolutions; resize: nearest-neighbour
+    # 2x then a 3x3 convolution, which has no checkerboard (Odena et al., Distill 2016).
+    upsample: str = "transposed"
 
     def __post_init__(self):
         _check_positive(
@@ -66,6 +70,8 @@ class GeneratorConfig(_DictConfig):
         _check_norm_kind(self.norm)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GeneratorConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.upsample not in UPSAMPLE_KINDS:
+            raise ValueError(f"unknown upsample {self.upsample!r}; use one of {', '.join(UPSAMPLE_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,10 @@ def _down_conv(in_ch: int, out_ch: int, bias: bool) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=bias)
 
 
-def _up_conv(in_ch: int, out_ch: int, bias: bool) -> nn.ConvTranspose2d:
+def _up_conv(in_ch: int, out_ch: int, bias: bool, kind: str = "transposed") -> nn.Module:
+    if kind == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                             nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=bias))
     return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=4, stride=2, padding=1, bias=bias)
 
 
@@ -163,10 +172,10 @@ class UNetGenerator(nn.Module):
         for level in reversed(range(depth)):
             in_ch = widths[level] if level == innermost else 2 * widths[level]
             if level == 0:
-                layers = [nn.ReLU(), _up_conv(in_ch, config.out_channels, bias=True), nn.Tanh()]
+                layers = [nn.ReLU(), _up_conv(in_ch, config.out_channels, True, config.upsample), nn.Tanh()]
             else:
                 out_ch = widths[level - 1]
-                layers = [nn.ReLU(), _up_conv(in_ch, out_ch, bias), norm_layer(norm, out_ch)]
+                layers = [nn.ReLU(), _up_conv(in_ch, out_ch, bias, config.upsample), norm_layer(norm, out_ch)]
                 if level in dropout_levels:
                     layers.append(nn.Dropout(config.dropout))
             ups.append(nn.Sequential(*layers))

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 
 from pix2pix import storage
+from pix2pix.ranges import to_uint8
 
 Palette = dict[str, tuple[int, int, int]]
 
@@ -92,3 +96,46 @@ def encode_paletted_png(classes: np.ndarray, palette: Palette, compress_level: i
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def palette_classes(images: Tensor, palette: Palette) -> Tensor:
+    """Index (in palette order) of the nearest palette colour per pixel -> LongTensor (N, H, W).
+
+    The dtype picks the scale: uint8 images are read as 0..255, floating images as the model's
+    [-1, 1] (quantised with `to_uint8` first). Distance is squared RGB distance on 0..255; ties
+    go to the earlier palette entry. Takes (N, 3, H, W) or one (3, H, W) image.
+    """
+    images = images.detach()
+    images = images.unsqueeze(0) if images.dim() == 3 else images
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images shaped (N, 3, H, W), got {tuple(images.shape)}")
+    rgb = images if images.dtype == torch.uint8 else to_uint8(images)
+    colours = torch.tensor(list(palette.values()), dtype=torch.int32, device=rgb.device)  # (K, 3)
+    # Classify each distinct colour once: maps have a handful, outputs far fewer than pixels.
+    channels = rgb.int()
+    codes = (channels[:, 0] << 16) | (channels[:, 1] << 8) | channels[:, 2]  # (N, H, W)
+    distinct, inverse = torch.unique(codes, return_inverse=True)
+    distinct_rgb = torch.stack([distinct >> 16, (distinct >> 8) & 255, distinct & 255], dim=-1)  # (U, 3)
+    distances = ((distinct_rgb.unsqueeze(1) - colours) ** 2).sum(dim=-1)  # (U, K)
+    return distances.argmin(dim=-1)[inverse]
+
+
+def snap_to_palette(images: Tensor, palette: Palette) -> Tensor:
+    """Every pixel replaced by its nearest palette colour -> uint8 (N, 3, H, W): a colour-coded
+    map with exact class colours (a generator only approaches them)."""
+    colours = torch.tensor(list(palette.values()), dtype=torch.uint8, device=images.device)
+    return colours[palette_classes(images, palette)].permute(0, 3, 1, 2).contiguous()
+
+
+def class_frequencies(images: Tensor, palette: Palette) -> list[float]:
+    """The share of the pixels of each class (palette order) in a batch of target maps."""
+    counts = torch.bincount(palette_classes(images, palette).reshape(-1), minlength=len(palette)).double()
+    return (counts / counts.sum()).tolist()
+
+
+def balanced_class_weights(frequencies: list[float]) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus, 2015): weight = median frequency / frequency,
+    so rare classes (roads, buildings) count as much as common ones; a class never seen gets 1."""
+    present = [f for f in frequencies if f > 0]
+    median = statistics.median(present) if present else 1.0
+    return [median / f if f > 0 else 1.0 for f in frequencies]

@@ -19,8 +19,9 @@ from PIL import Image
 from torch import nn
 
 from pix2pix.checkpoint import ExportInfo
-from pix2pix.losses import discriminator_loss, generator_loss
-from pix2pix.metrics import MetricAccumulator, to_uint8
+from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss
+from pix2pix.metrics import MetricAccumulator
+from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.networks import (
     DiscriminatorConfig,
     GeneratorConfig,
@@ -28,6 +29,7 @@ from pix2pix.networks import (
     UNetGenerator,
     check_image_size,
 )
+from pix2pix.palette import Palette
 from pix2pix.precision import autocast, resolve_precision
 from pix2pix.tiles import image_grid
 
@@ -67,6 +69,10 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     seed: int = 0
+    upsample: str = "transposed"  # the decoder's: transposed convolutions (the paper's) or resize-convolution
+    ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of G's weights
+    palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
+    palette_temperature: float = 0.1
 
     @property
     def generator_depth(self) -> int:
@@ -77,7 +83,8 @@ class TrainConfig:
         return self.epochs + self.epochs_decay
 
     def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(ngf=self.ngf, depth=self.generator_depth, norm=self.norm, dropout=self.dropout)
+        return GeneratorConfig(ngf=self.ngf, depth=self.generator_depth, norm=self.norm, dropout=self.dropout,
+                               upsample=self.upsample)
 
     def discriminator_config(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, norm=self.norm)
@@ -93,6 +100,8 @@ class TrainConfig:
             raise ValueError("epochs + epochs_decay must be at least 1")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
             raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
+        if not 0 <= self.ema_decay < 1 or self.palette_weight < 0 or self.palette_temperature <= 0:
+            raise ValueError("the EMA decay must be in [0, 1), the palette weight >= 0 and its temperature > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,11 +131,27 @@ def identity(module: nn.Module) -> nn.Module:
     return module
 
 
+def weight_average(generator: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of G's weights (Yazıcı et al., ICLR 2019), with the usual
+    warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates, so the first random
+    weights are forgotten within a few hundred steps. Computed on the device (no sync per step)."""
+
+    def update(averaged, current, num_averaged):
+        keep = torch.clamp((1.0 + num_averaged) / (10.0 + num_averaged), max=decay)
+        torch._foreach_mul_(averaged, keep)
+        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - keep))
+
+    return torch.optim.swa_utils.AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
+
+
 class Pix2Pix:
     """Generator, discriminator, their optimizers and schedulers, and one training step."""
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu",
-                 wrap: Callable[[nn.Module], nn.Module] = identity):
+                 wrap: Callable[[nn.Module], nn.Module] = identity, palette: Palette | None = None,
+                 class_weights: list[float] | None = None):
+        """``palette`` and ``class_weights`` (palette order; 1 each if None) turn on the palette
+        term when ``config.palette_weight`` > 0."""
         config.validate()
         self.config = config
         self.device = torch.device(device)
@@ -138,6 +163,13 @@ class Pix2Pix:
         self.generator = UNetGenerator(config.generator_config()).to(self.device, memory_format=self.memory_format)
         self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
             self.device, memory_format=self.memory_format)
+        self.generator_average = weight_average(self.generator, config.ema_decay) if config.ema_decay else None
+        self.palette_term = None
+        if config.palette_weight > 0 and palette:
+            weights = class_weights if class_weights is not None else [1.0] * len(palette)
+            self.palette_term = PaletteTerm(to_model_range(torch.tensor(list(palette.values()))),
+                                            torch.tensor(weights, dtype=torch.float32), config.palette_weight,
+                                            config.palette_temperature).to(self.device)
         self.generator_step = wrap(self.generator)
         self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
         betas = (config.beta1, 0.999)
@@ -157,7 +189,7 @@ class Pix2Pix:
         """uint8 NCHW (as the data pipeline delivers) -> float in [-1, 1] on the device."""
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
-            images = images.float() / 127.5 - 1.0
+            images = to_model_range(images)
         return images.contiguous(memory_format=self.memory_format)
 
     def train_step(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -180,13 +212,15 @@ class Pix2Pix:
         try:
             with autocast(self.device, self.precision):
                 fake_logits = self.discriminator(source, fake)
-            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1)
+            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1, self.palette_term)
             self.optimizer_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self.scaler_g.step(self.optimizer_g)
             self.scaler_g.update()
         finally:
             self.discriminator.requires_grad_(True)
+        if self.generator_average is not None:
+            self.generator_average.update_parameters(self.generator)
         self.step += 1
         return {**parts_g, **parts_d}
 
@@ -214,12 +248,21 @@ class Pix2Pix:
     def learning_rate(self) -> float:
         return self.optimizer_g.param_groups[0]["lr"]
 
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        return LOSS_NAMES + (("G_palette",) if self.palette_term is not None else ())
+
+    @property
+    def inference_generator(self) -> nn.Module:
+        """What validation, the samples and the export use: the weight average when there is one."""
+        return self.generator_average.module if self.generator_average is not None else self.generator
+
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         """Deterministic inference (eval mode: dropout off) on a uint8 or [-1, 1] batch."""
-        self.generator.eval()
+        generator = self.inference_generator.eval()
         with autocast(self.device, self.precision):
-            return self.generator(self.prepare_inputs(source)).float().clamp(-1, 1)
+            return generator(self.prepare_inputs(source)).float().clamp(-1, 1)
 
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                  accumulator: MetricAccumulator | None = None) -> MetricAccumulator:
@@ -241,6 +284,7 @@ class Pix2Pix:
             "epoch": self.epoch,
             "step": self.step,
             "config": self.config.to_dict(),
+            **({"generator_average": self.generator_average.state_dict()} if self.generator_average else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -259,6 +303,9 @@ class Pix2Pix:
         load_scaler_state(self.scaler_g, state["scaler_g"])
         load_scaler_state(self.scaler_d, state["scaler_d"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        if self.generator_average is not None and "generator_average" in state:
+            self.generator_average.load_state_dict(state["generator_average"])
+        # else (the average switched on at a resume): it starts from the restored weights
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:

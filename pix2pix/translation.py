@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, to_model_range
+from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage
 from pix2pix.hashing import stable_seed
-from pix2pix.metrics import palette_classes, snap_to_palette
+from pix2pix.palette import palette_classes, snap_to_palette
+from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.precision import autocast
 
 ON_SIZE = ("resize", "error")
@@ -216,7 +217,7 @@ class Translator:
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         with autocast(self.device, self.precision):
             y = self.generator(x)
-        y = ((y.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+        y = to_uint8(y)
         if classes:
             return palette_classes(y, self.palette).to(torch.uint8).cpu().numpy()
         if self.palette:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, cli, storage
-from pix2pix.data import to_model_range
+from pix2pix.ranges import to_model_range
 from pix2pix.demo import write_pairs
 from pix2pix.evaluation import (
     EvaluateOptions,

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from pix2pix.losses import discriminator_loss, generator_loss
+from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss, palette_loss
+from pix2pix.palette import RECIFE_PALETTE
 
 LOG2 = math.log(2.0)
 
@@ -87,3 +88,38 @@ def test_bf16_inputs_give_float32_losses():
         assert t.dtype == torch.float32
     expected_l1 = (fake.float() - target.float()).abs().mean()
     assert g_parts["G_L1"].item() == pytest.approx(expected_l1.item(), rel=1e-6)
+
+
+def recife_term(weights=None, weight=1.0, temperature=0.1):
+    colours = torch.tensor(list(RECIFE_PALETTE.values()), dtype=torch.float32) / 127.5 - 1
+    weights = torch.ones(len(RECIFE_PALETTE)) if weights is None else torch.tensor(weights, dtype=torch.float32)
+    return PaletteTerm(colours, weights, weight, temperature)
+
+
+def test_the_palette_term_is_lowest_on_the_targets_colour_and_weighs_rare_classes():
+    term = recife_term()
+    road, building = term.colours[3], term.colours[1]
+    target = road.view(1, 3, 1, 1).expand(1, 3, 4, 4).clone()
+    on_colour = palette_loss(target.clone(), target, term)
+    between = palette_loss(((road + building) / 2).view(1, 3, 1, 1).expand(1, 3, 4, 4), target, term)
+    wrong = palette_loss(building.view(1, 3, 1, 1).expand(1, 3, 4, 4), target, term)
+    assert float(on_colour) < 0.01 < float(between) < float(wrong)
+    # half road, half building, the output all road: weighting buildings up raises the loss
+    mixed = target.clone()
+    mixed[..., 2:] = building.view(3, 1, 1)
+    all_road = target.clone()
+    plain = palette_loss(all_road, mixed, term)
+    weighted = palette_loss(all_road, mixed, recife_term(weights=[1, 3, 1, 1, 1, 1, 1]))
+    assert float(weighted) > float(plain)
+
+
+def test_the_palette_term_joins_the_generator_objective_with_its_weight():
+    fake = (torch.rand(1, 3, 8, 8) * 2 - 1).requires_grad_()
+    target = torch.rand(1, 3, 8, 8) * 2 - 1
+    logits = torch.zeros(1, 1, 2, 2)
+    term = recife_term(weight=5.0)
+    plain, _ = generator_loss(logits, fake, target)
+    with_term, parts = generator_loss(logits, fake, target, palette=term)
+    assert torch.allclose(with_term, plain + 5.0 * palette_loss(fake, target, term))
+    with_term.backward()
+    assert fake.grad is not None and parts["G_palette"].requires_grad is False

@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -9,15 +11,13 @@ from pix2pix.metrics import (
     add_totals,
     class_iou,
     l1,
-    palette_classes,
-    snap_to_palette,
     pixel_accuracy,
     psnr,
     rmse,
     ssim,
-    to_uint8,
 )
-from pix2pix.palette import RECIFE_PALETTE
+from pix2pix.palette import RECIFE_PALETTE, palette_classes, snap_to_palette
+from pix2pix.ranges import to_uint8
 
 TWO_CLASSES = {"dark": (0, 0, 0), "light": (255, 255, 255)}
 
@@ -206,3 +206,20 @@ def test_snapping_to_the_palette_gives_exact_class_colours_and_its_own_accuracy(
     accumulator.update(from_uint8(pred), from_uint8(target))
     summary = MetricAccumulator.summarize(accumulator.totals())
     assert summary["pixel_accuracy"] == 0.75 and summary["pixel_accuracy_snapped"] == 1.0
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_shrink_to_it_for_identical_pairs():
+    from pix2pix.metrics import bootstrap_iou
+
+    rng = np.random.default_rng(0)
+    unions = rng.integers(50, 100, size=(40, 3)).astype(float)
+    intersections = np.floor(unions * rng.uniform(0.2, 0.8, size=(40, 3)))
+    unions[:, 2] = intersections[:, 2] = 0  # a class never seen
+    intervals = bootstrap_iou(intersections, unions, ["a", "b", "c"])
+    assert set(intervals) == {"a", "b", "mIoU"}
+    for k, name in enumerate("ab"):
+        estimate = intersections[:, k].sum() / unions[:, k].sum()
+        low, high = intervals[name]
+        assert low < estimate < high and high - low < 0.2
+    same = bootstrap_iou(np.full((10, 1), 30.0), np.full((10, 1), 60.0), ["a"])
+    assert same["a"] == pytest.approx((0.5, 0.5)) and same["mIoU"] == pytest.approx((0.5, 0.5))

@@ -205,3 +205,17 @@ def test_instance_norm_spreads_gradient_beyond_the_patch():
     model = PatchDiscriminator(DiscriminatorConfig(ndf=8, norm="instance")).eval()
     _, _, height, width = input_gradient_box(model, 15, 12)
     assert height > 70 and width > 70
+
+
+def test_resize_convolution_decoder_has_no_transposed_convolutions():
+    config = GeneratorConfig(ngf=8, depth=6, upsample="resize")
+    generator = UNetGenerator(config)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in generator.modules())
+    assert sum(isinstance(m, torch.nn.Upsample) for m in generator.modules()) == 6
+    out = generator(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+    # an export written before the field existed is a transposed-convolution generator
+    old = {key: value for key, value in GeneratorConfig(ngf=8, depth=6).to_dict().items() if key != "upsample"}
+    assert GeneratorConfig.from_dict(old).upsample == "transposed"
+    with pytest.raises(ValueError, match="unknown upsample"):
+        GeneratorConfig(upsample="bilinear-ish")

@@ -169,3 +169,33 @@ def test_train_job_checkpoint_and_validation_intervals(capsys):
     with pytest.raises(SystemExit) as exit_:
         job.parse_args(["--validate-every", "0"])
     assert exit_.value.code == 2 and "--validate-every must be at least 1" in capsys.readouterr().err
+
+
+def test_the_weight_average_is_what_validation_and_the_export_use_and_it_resumes(tmp_path):
+    config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", ema_decay=0.99)
+    model = Pix2Pix(config)
+    for seed in range(3):
+        model.train_step(*batch(seed))
+    average, live = model.inference_generator, model.generator
+    assert average is not live and model.generator_average.n_averaged.item() == 3
+    assert any(not torch.equal(a, b) for a, b in zip(average.parameters(), live.parameters()))
+    source = batch(7)[0]
+    with torch.inference_mode():
+        expected = average.eval()(model.prepare_inputs(source)).clamp(-1, 1)
+    assert torch.equal(model.translate(source), expected)
+    resumed = Pix2Pix(config)
+    resumed.load_state_dict(model.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.inference_generator.parameters(), average.parameters()))
+    # without a decay there is no average: the live generator is used
+    assert Pix2Pix(TINY).inference_generator is not None and Pix2Pix(TINY).generator_average is None
+
+
+def test_the_palette_term_trains_only_with_a_palette_and_reports_its_loss():
+    from pix2pix.palette import RECIFE_PALETTE
+
+    config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", palette_weight=2.0)
+    assert "G_palette" not in Pix2Pix(config).train_step(*batch())  # no palette given: GAN + L1 only
+    model = Pix2Pix(config, palette=RECIFE_PALETTE, class_weights=[1, 3, 1, 3, 1, 1, 1])
+    parts = model.train_step(*batch())
+    assert model.loss_names[-1] == "G_palette" and math.isfinite(float(parts["G_palette"]))
+    assert model.palette_term.class_weights.tolist() == [1, 3, 1, 3, 1, 1, 1]

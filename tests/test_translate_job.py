@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.metrics import snap_to_palette
+from pix2pix.palette import snap_to_palette
 from pix2pix.palette import RECIFE_PALETTE
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from pix2pix.tileset import TILEJSON_FILE

@@ -38,13 +38,15 @@ from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
 from pix2pix.progress import duration
 from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
-                            find_shards, owner_rank, records_where)
-from pix2pix.training import LOSS_NAMES, Pix2Pix, TrainConfig, balance_warning, sample_grid
+                            find_shards, key_hash, owner_rank, records_where)
+from pix2pix.palette import balanced_class_weights, class_frequencies
+from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, sample_grid
 
 SAMPLES_FILE = "samples.png"
 HISTORY_FILE = "metrics.jsonl"
 BUDGET_SECONDS = "budget_seconds_used"
 SAMPLE_PAIRS = 6
+CLASS_SAMPLE = 8  # one train pair in 8 gives the palette term's class frequencies
 VALIDATION_BATCH = 16
 PROGRESS_SECONDS = 30.0
 
@@ -144,7 +146,8 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
                 clock: BudgetClock | None = None) -> EpochResult:
     """``steps`` batches (the same count on every worker), fewer when the budget runs out."""
     started = time.perf_counter()
-    sums = torch.zeros(len(LOSS_NAMES), device=model.device)  # summed on the device: no sync per step
+    names = model.loss_names
+    sums = torch.zeros(len(names), device=model.device)  # summed on the device: no sync per step
     waits: list[float] = []
     done = 0
     for _ in range(steps):
@@ -159,14 +162,14 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
         if batch is None:
             break
         parts = model.train_step(batch["source"], batch["target"])
-        sums += torch.stack([parts[name].detach().float() for name in LOSS_NAMES])
+        sums += torch.stack([parts[name].detach().float() for name in names])
         done += 1
         progress.step(done)
         if config.on_step is not None:
             config.on_step(model.step)
     totals = all_reduce_sum([*sums.tolist(), float(done)])
     count = max(totals[-1], 1.0)
-    return EpochResult(losses={name: total / count for name, total in zip(LOSS_NAMES, totals)},
+    return EpochResult(losses={name: total / count for name, total in zip(names, totals)},
                        batches=int(totals[-1]), seconds=time.perf_counter() - started,
                        first_batch_seconds=waits[0] if waits else 0.0, input_wait_seconds=sum(waits))
 
@@ -198,9 +201,21 @@ def save_checkpoint(model: Pix2Pix, config: JobConfig, directory: str, samples: 
     if clock is not None:  # a resumed run keeps what is left of its budget
         state[BUDGET_SECONDS] = clock.seconds()
     checkpoint.save_training_state(state, location)
-    checkpoint.export_generator(model.generator, model.export_info(config.direction, config.palette), location)
+    checkpoint.export_generator(model.inference_generator, model.export_info(config.direction, config.palette),
+                                location)
     if samples is not None:
         sample_grid(model, samples["source"], samples["target"]).save(os.path.join(directory, SAMPLES_FILE))
+
+
+def palette_class_weights(config: JobConfig) -> list[float]:
+    """Balanced class weights from the class frequencies of a fixed sample of the train split's
+    targets (every CLASS_SAMPLE-th pair by key hash): the same on every worker and every attempt."""
+    sample = records_where(config.data_uri, config.train_shards, lambda key: key_hash(key) % CLASS_SAMPLE == 0)
+    counts = [0.0] * len(config.palette)
+    for batch in evaluation_batches(sample, config.train.image_size, VALIDATION_BATCH):
+        shares = class_frequencies(torch.from_numpy(batch["target"]), config.palette)
+        counts = [total + share * len(batch["target"]) for total, share in zip(counts, shares)]
+    return balanced_class_weights([count / max(sum(counts), 1.0) for count in counts])
 
 
 def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
@@ -237,7 +252,13 @@ def train_loop_per_worker(job: dict) -> None:
     set_threads(config.threads)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    model = Pix2Pix(config.train, ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model)
+    palette_term = config.palette and config.train.palette_weight > 0
+    class_weights = palette_class_weights(config) if palette_term else None
+    if class_weights and rank == 0:
+        print("palette term, class weights: " + ", ".join(
+            f"{name} {weight:.2f}" for name, weight in zip(config.palette, class_weights)), flush=True)
+    model = Pix2Pix(config.train, ray.train.torch.get_device(), wrap=ray.train.torch.prepare_model,
+                    palette=config.palette, class_weights=class_weights)
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
@@ -294,7 +315,8 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR",
+    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "G_palette", "D_real", "D_fake", "val_L1",
+             "val_PSNR",
              "val_SSIM", "val_mIoU",
              *sorted(name for name in metrics if name.startswith("val_IoU/")), "pairs_per_s",
              "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
