@@ -29,7 +29,7 @@ CANDIDATES = {
     "base": "",  # the defaults of jobs/train.py
     "ema": "--ema-decay 0.999",
     "resize": "--upsample resize",
-    "palette": "--palette-weight 1",
+    "palette": "--palette-weight 3",
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 

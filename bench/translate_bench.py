@@ -110,7 +110,8 @@ def bare_loop(input_dir: str, output_dir: str, checkpoint_uri: str, threads: int
     from pix2pix.data import decode_image, encode_image
     from pix2pix.distributed.translate_stages import RGB_PNG_LEVEL
     from pix2pix.precision import resolve_precision, set_threads
-    from pix2pix.translation import Translator, output_key
+    from pix2pix.keys import output_key
+    from pix2pix.translation import Translator
 
     started = time.perf_counter()
     set_threads(threads)

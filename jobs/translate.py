@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults  # noqa: E402
-from pix2pix.translation import ON_SIZE, OUTPUT_EXTENSIONS  # noqa: E402
+from pix2pix.keys import OUTPUT_EXTENSIONS  # noqa: E402
+from pix2pix.translation import ON_SIZE  # noqa: E402
 
 DEMO_INPUT = os.path.join(defaults.DEMO_TILES, "sat")
 DEMO_CHECKPOINT = os.path.join(defaults.DEMO_RUNS, defaults.DEMO_RUN_NAME)

@@ -1,15 +1,7 @@
 """Decoding, pairing and augmentation of image pairs. Pure numpy/Pillow/albumentations.
 
-The shard schema (written by the prepare job, read by training and evaluation):
-
-    key          string   relative name of the pair, e.g. "0001" or "city/0001"
-    layout       string   "side-by-side" or "paired"
-    image        binary   side-by-side: the original encoded image holding both halves
-    source_side  string   side-by-side: "left" or "right", the half that is the source
-    source       binary   paired: the original encoded source file
-    target       binary   paired: the original encoded target file
-
-Bytes are never re-encoded; pairs are split and decoded when they are read.
+Rows come in the shard schema (``pix2pix.shards.SHARD_SCHEMA``). Bytes are never re-encoded;
+pairs are split and decoded when they are read.
 """
 
 from __future__ import annotations
@@ -30,8 +22,6 @@ PAIRED = "paired"
 LAYOUTS = (SIDE_BY_SIDE, PAIRED)
 DIRECTIONS = ("AtoB", "BtoA")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-
-SHARD_COLUMNS = ("key", "layout", "image", "source_side", "source", "target")
 
 # Pillow only warns below 2x its own limit (~179 MP); a tile job knows the size it expects.
 DEFAULT_MAX_PIXELS = 4096 * 4096

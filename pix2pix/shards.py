@@ -29,6 +29,15 @@ from pix2pix import storage
 from pix2pix.hashing import stable_hash
 from pix2pix.data import paired_transform, preprocess_records
 
+# The shard schema: written by the prepare job, read by training and evaluation.
+SHARD_SCHEMA = pa.schema([
+    ("key", pa.string()),  # relative name of the pair, e.g. "0001" or "city/0001"
+    ("layout", pa.string()),  # "side-by-side" or "paired"
+    ("image", pa.binary()),  # side-by-side: the original encoded image holding both halves
+    ("source_side", pa.string()),  # side-by-side: "left" or "right", the half that is the source
+    ("source", pa.binary()),  # paired: the original encoded source file
+    ("target", pa.binary()),  # paired: the original encoded target file
+])
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
 
 

@@ -1,11 +1,9 @@
-"""Translating tiles: key rules, the size policy, per-tile seeds, context canvases and the
+"""Translating tiles: the size policy, per-tile seeds, context canvases and the
 Translator that runs a generator on uint8 images. Pure PyTorch/numpy; no Ray, no storage."""
 
 from __future__ import annotations
 
 import math
-import posixpath
-import re
 from collections.abc import Mapping, Sequence
 
 import cv2
@@ -20,8 +18,6 @@ from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.precision import autocast
 
 ON_SIZE = ("resize", "error")
-OUTPUT_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-MAX_KEY_BYTES = 1024  # the S3 limit
 # Context blocks are BLOCK_TILES x BLOCK_TILES tiles plus a ring of neighbours: reading the
 # ring costs (1 + 2/8)^2 = 1.56x the block's bytes, the model sees (1 + 2m/8T)^2 more pixels.
 BLOCK_TILES = 8
@@ -30,46 +26,9 @@ HOLE_VALUE = 128  # a missing tile inside a block: mid-grey, ~0 in the model's r
 # declaring more is refused from its header, before a pixel is decoded (image bombs).
 MAX_TILE_SCALE = 8
 
-_ENCODED_PATH_CHARACTER = re.compile(r"%(2f|5c|2e|00)", re.IGNORECASE)
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class BadKey(ValueError):
-    """A key that must not be read or written; the message is the recorded reason."""
-
-
-def check_key(key: str) -> str:
-    """Return the key if it is a safe relative key, else raise BadKey with the reason."""
-    if not isinstance(key, str) or not key:
-        raise BadKey("empty key")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise BadKey(f"key longer than {MAX_KEY_BYTES} bytes")
-    if _CONTROL_CHARACTER.search(key):
-        raise BadKey("key contains a NUL or control character")
-    if "\\" in key:
-        raise BadKey("key contains a backslash")
-    if _ENCODED_PATH_CHARACTER.search(key):
-        raise BadKey("key contains a URL-encoded separator, dot or NUL")
-    if key.startswith("/"):
-        raise BadKey("key is absolute")
-    for part in key.split("/"):
-        if part in ("", ".", ".."):
-            raise BadKey("key has an empty, '.' or '..' component")
-        if part.startswith((".", "_")):
-            raise BadKey("key has a hidden or reserved ('.' or '_' prefixed) component")
-    return key
-
-
 def tile_pixel_limit(image_size: int) -> int:
     """The most pixels a tile may declare, from the size the job expects."""
     return min(DEFAULT_MAX_PIXELS, (MAX_TILE_SCALE * image_size) ** 2)
-
-
-def output_key(key: str, image_format: str) -> str:
-    """The output key: the same relative path with the format's extension."""
-    directory, name = posixpath.split(key)
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return posixpath.join(directory, stem + OUTPUT_EXTENSIONS[image_format])
 
 
 def unit_seed(unit: str, seed: int) -> int:

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from pix2pix import data
+from pix2pix.ranges import to_model_range
 
 
 def encode(array, fmt="PNG", mode=None):
@@ -130,7 +131,7 @@ def test_preprocess_records_gives_uint8_nchw_and_model_range(rgb):
               "source_side": "left"}
     batch = data.preprocess_records([record, record], data.paired_transform(32, train=False))
     assert batch["source"].shape == (2, 3, 32, 32) and batch["source"].dtype == np.uint8
-    scaled = data.to_model_range(batch["source"].astype(np.float32))
+    scaled = to_model_range(batch["source"].astype(np.float32))
     assert scaled.min() >= -1 and scaled.max() <= 1
 
 

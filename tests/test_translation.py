@@ -9,9 +9,10 @@ from PIL import Image
 
 from pix2pix import storage
 from pix2pix.data import BadImage
+from pix2pix.keys import BadKey, check_key, output_key
 from pix2pix.networks import GeneratorConfig, UNetGenerator
 from pix2pix.translation import (
-    BadKey, Translator, assemble_canvas, check_key, context_margin, crop_tile, fit_tile, output_key, unit_seed,
+    Translator, assemble_canvas, context_margin, crop_tile, fit_tile, unit_seed,
 )
 from pix2pix.translation_plan import (
     PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, plan_blocks, plan_shard,

@@ -11,22 +11,11 @@ import ray
 from ray.data.expressions import col
 
 from pix2pix import storage
-from pix2pix.data import DEFAULT_MAX_PIXELS, SHARD_COLUMNS, BadImage, decode_pair
+from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, decode_pair
 from pix2pix.pairs import PairSpec, Skipped, discover_pairs
+from pix2pix.shards import SHARD_SCHEMA
 
 DATASET_INFO_FILE = "_dataset.json"
-
-SHARD_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("layout", pa.string()),
-        ("image", pa.binary()),
-        ("source_side", pa.string()),
-        ("source", pa.binary()),
-        ("target", pa.binary()),
-    ]
-)
-
 
 class PrepareError(ValueError):
     """The input cannot be prepared at all (nothing there, no pairs)."""
@@ -97,7 +86,7 @@ def prepare(
 
     counts = {}
     for split in sorted({spec.split for spec in specs}):
-        rows = loaded.filter(expr=(col("split") == split) & col("error").is_null()).select_columns(list(SHARD_COLUMNS))
+        rows = loaded.filter(expr=(col("split") == split) & col("error").is_null()).select_columns(SHARD_SCHEMA.names)
         counts[split] = rows.count()
         if counts[split]:
             rows.write_parquet(

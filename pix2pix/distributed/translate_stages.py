@@ -20,10 +20,11 @@ import pyarrow as pa
 
 from pix2pix import checkpoint, storage
 from pix2pix.data import BadImage, decode_image, encode_image
+from pix2pix.keys import BadKey, check_key, output_key
 from pix2pix.palette import encode_paletted_png
 from pix2pix.precision import inference_precision, set_threads
 from pix2pix.translation import (
-    BadKey, Translator, assemble_canvas, check_key, crop_tile, fit_tile, output_key, tile_pixel_limit, unit_seed,
+    Translator, assemble_canvas, crop_tile, fit_tile, tile_pixel_limit, unit_seed,
 )
 from pix2pix.translation_plan import PlanSettings, Shard, Unit, plan_shard
 
