@@ -14,7 +14,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 import safetensors.torch
@@ -45,7 +45,6 @@ class ExportInfo:
     epoch: int = 0
     precision: str | None = None  # the precision it was trained at (None: not recorded)
     palette: dict | None = None  # the colour-coded targets' palette it was trained on, if any
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -60,7 +59,6 @@ class ExportInfo:
                 "epoch": self.epoch,
                 "precision": self.precision,
                 "palette": palette_to_json(self.palette) if self.palette else None,
-                "extra": self.extra,
             },
             indent=2,
         )
@@ -82,7 +80,6 @@ class ExportInfo:
                 epoch=int(raw.get("epoch", 0)),
                 precision=raw.get("precision"),
                 palette=parse_palette(raw["palette"], f"{CONFIG_FILE} palette") if raw.get("palette") else None,
-                extra=raw.get("extra", {}),
             )
         except (KeyError, TypeError, ValueError) as error:  # PaletteError included
             raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
