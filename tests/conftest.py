@@ -81,7 +81,27 @@ def ray_session(s3_endpoint):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1"}})
     yield ray
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     ray.shutdown()
+    # Whatever ran in this session (jobs on S3 with the keys, faults, kills), at its end and in
+    # any test order: no log of any worker or driver holds the secret.
+    found, searched, _ = files_holding_the_secret(logs)
+    assert searched and not found, f"the S3 secret is in Ray's logs: {found}"
+
+
+def files_holding_the_secret(folder: Path) -> tuple[list[str], int, int]:
+    """(files containing the S3 secret, files searched, bytes searched)."""
+    found, count, size = [], 0, 0
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and not path.name.endswith(".sock"):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            count, size = count + 1, size + len(data)
+            if S3_SECRET_KEY.encode() in data:
+                found.append(str(path))
+    return found, count, size
 
 
 @pytest.fixture(scope="session")

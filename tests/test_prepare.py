@@ -1,4 +1,5 @@
-"""jobs/prepare.py and its Ray Data job on real image files."""
+"""jobs/prepare.py and its Ray Data job on real image files (the job's runs are marked slow: Ray;
+the reading and checking of each pair is tested without it)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_paired_folders_round_trip_with_hash_split(ray_session, tmp_path):
     from pix2pix.distributed.prepare import prepare
 
@@ -52,6 +54,7 @@ def test_paired_folders_round_trip_with_hash_split(ray_session, tmp_path):
     assert len(read_shards(tmp_path / "data" / "train")) == len(train)
 
 
+@pytest.mark.slow
 def test_existing_split_kept_and_bad_files_reported(ray_session, tmp_path):
     from pix2pix.distributed.prepare import prepare
 
@@ -76,6 +79,7 @@ def test_existing_split_kept_and_bad_files_reported(ray_session, tmp_path):
     assert summary["skipped"] == 4
 
 
+@pytest.mark.slow
 def test_side_by_side_layout_and_direction(ray_session, tmp_path):
     from pix2pix.distributed.prepare import prepare
 
@@ -95,6 +99,27 @@ def test_side_by_side_layout_and_direction(ray_session, tmp_path):
     assert row["image"] == (raw / "train" / f"{row['key']}.png").read_bytes()
     source, target = decode_pair(row)
     assert np.array_equal(source, 255 - target)
+
+
+def test_each_pair_is_read_and_checked_with_its_reason_without_ray(tmp_path):
+    from pix2pix import storage
+    from pix2pix.distributed.prepare import load_pair
+    from pix2pix.pairs import discover_pairs
+
+    raw = tmp_path / "raw"
+    write_pairs(str(raw), count=2, size=64)
+    whole = (raw / "sat" / "0001.jpg").read_bytes()
+    (raw / "sat" / "9000.jpg").write_bytes(whole[: len(whole) // 3])  # truncated
+    (raw / "map" / "9000.png").write_bytes((raw / "map" / "0000.png").read_bytes())
+    (raw / "sat" / "9003.png").write_bytes(png(np.zeros((32, 32, 3), np.uint8)))
+    (raw / "map" / "9003.png").write_bytes(png(np.zeros((64, 64, 3), np.uint8)))
+    relative = sorted(str(path.relative_to(raw)) for path in raw.rglob("*") if path.is_file())
+    specs, skipped = discover_pairs(relative, "auto", "sat", "map", "AtoB", 0.0)
+    assert not skipped
+    rows = {spec.key: load_pair(spec, storage.resolve(str(raw)), 4096 * 4096) for spec in specs}
+    assert rows["0000"]["error"] is None and rows["0000"]["source"] == (raw / "sat" / "0000.jpg").read_bytes()
+    assert "cannot decode" in rows["9000"]["error"]
+    assert "32x32 but target is 64x64" in rows["9003"]["error"]
 
 
 def run_prepare(*args):
