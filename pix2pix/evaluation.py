@@ -29,7 +29,8 @@ from pix2pix.palette import snap_to_palette
 from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
 from pix2pix.palette import load_palette
-from pix2pix.precision import autocast, inference_precision, set_threads
+from pix2pix.inference import memory_format, run_generator
+from pix2pix.precision import inference_precision, set_threads
 from pix2pix.tiles import image_grid
 
 GRID_ROWS = 6
@@ -143,24 +144,13 @@ def make_translate(generator: torch.nn.Module, device: torch.device, precision: 
     the image itself) one image at a time, seeded by the pair's key so a pair's output does
     not depend on which pairs come before it.
     """
-    memory_format = torch.channels_last if device.type == "cuda" or precision != "fp32" else torch.contiguous_format
-    generator = generator.to(device, memory_format=memory_format).train(paper_mode)
-
-    def forward(images: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            return generator(images).float().clamp(-1, 1).cpu()
+    layout = memory_format()
+    generator = generator.to(device, memory_format=layout).train(paper_mode)
 
     @torch.no_grad()  # not inference_mode: train-mode batch norm updates its running buffers
     def translate(sources: torch.Tensor, keys: list[str]) -> torch.Tensor:
-        images = to_model_range(sources.to(device)).contiguous(memory_format=memory_format)
-        if not paper_mode:
-            return forward(images)
-        outputs = []
-        for image, key in zip(images, keys):
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(pair_seed(key, seed))
-                outputs.append(forward(image[None]))
-        return torch.cat(outputs)
+        seeds = [pair_seed(key, seed) for key in keys] if paper_mode else None
+        return run_generator(generator, sources, device, precision, layout, seeds).cpu()
 
     return translate
 

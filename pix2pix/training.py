@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from pix2pix.checkpoint import ExportInfo
+from pix2pix.inference import memory_format, run_generator
 from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.ranges import to_model_range, to_uint8
@@ -156,7 +157,7 @@ class Pix2Pix:
         self.config = config
         self.device = torch.device(device)
         self.precision = resolve_precision(config.precision, self.device)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(config.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         torch.manual_seed(config.seed)  # identical initial weights on every worker
@@ -260,9 +261,8 @@ class Pix2Pix:
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         """Deterministic inference (eval mode: dropout off) on a uint8 or [-1, 1] batch."""
-        generator = self.inference_generator.eval()
-        with autocast(self.device, self.precision):
-            return generator(self.prepare_inputs(source)).float().clamp(-1, 1)
+        return run_generator(self.inference_generator.eval(), source, self.device, self.precision,
+                             self.memory_format)
 
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                  accumulator: MetricAccumulator | None = None) -> MetricAccumulator:

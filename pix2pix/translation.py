@@ -14,8 +14,8 @@ from torch import nn
 from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage
 from pix2pix.hashing import stable_seed
 from pix2pix.palette import palette_classes, snap_to_palette
-from pix2pix.ranges import to_model_range, to_uint8
-from pix2pix.precision import autocast
+from pix2pix.inference import memory_format, run_generator
+from pix2pix.ranges import to_uint8
 
 ON_SIZE = ("resize", "error")
 # Context blocks are BLOCK_TILES x BLOCK_TILES tiles plus a ring of neighbours: reading the
@@ -117,20 +117,18 @@ class Translator:
         generator: nn.Module,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
-        channels_last: bool | None = None,
+        channels_last: bool = True,
         micro_batch: int | None = None,
         stochastic: bool = False,
         palette: Mapping[str, tuple[int, int, int]] | None = None,
     ):
         self.device = torch.device(device)
         self.precision = precision
-        self.channels_last = (self.device.type == "cuda" or precision != "fp32") if channels_last is None \
-            else channels_last
+        self.layout = memory_format(channels_last)
         self.micro_batch = micro_batch or default_micro_batch(self.device)
         self.stochastic = stochastic
         self.palette = palette
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.generator = generator.to(self.device, memory_format=memory_format).eval()
+        self.generator = generator.to(self.device, memory_format=self.layout).eval()
         if stochastic:
             for module in self.generator.modules():
                 if isinstance(module, nn.Dropout):
@@ -154,12 +152,8 @@ class Translator:
             raise ValueError("stochastic translation needs one seed per image")
         outputs = []
         with torch.inference_mode():
-            if self.stochastic:
-                for image, seed in zip(images, seeds):
-                    devices = [self.device] if self.device.type == "cuda" else []
-                    with torch.random.fork_rng(devices=devices):
-                        torch.manual_seed(seed)
-                        outputs.append(self._forward(image[None], classes))
+            if self.stochastic:  # each image alone under its seed
+                outputs.append(self._forward(images, classes, seeds))
             else:
                 for start in range(0, len(images), self.micro_batch):
                     chunk = images[start:start + self.micro_batch]
@@ -169,14 +163,10 @@ class Translator:
                     outputs.append(self._forward(chunk, classes)[:len(chunk) - padding])
         return np.concatenate(outputs)
 
-    def _forward(self, batch: np.ndarray, classes: bool) -> np.ndarray:
+    def _forward(self, batch: np.ndarray, classes: bool, seeds: Sequence[int] | None = None) -> np.ndarray:
         # NHWC viewed as NCHW is already channels_last in memory.
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
-        x = to_model_range(x)
-        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        with autocast(self.device, self.precision):
-            y = self.generator(x)
-        y = to_uint8(y)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
+        y = to_uint8(run_generator(self.generator, x, self.device, self.precision, self.layout, seeds))
         if classes:
             return palette_classes(y, self.palette).to(torch.uint8).cpu().numpy()
         if self.palette:

@@ -1,0 +1,48 @@
+"""The one way a generator runs outside its training step: validation (Pix2Pix.translate),
+evaluation (pix2pix.evaluation) and production tiles (pix2pix.translation) all call
+``run_generator``, so they share the input conversion, the memory layout, the precision and the
+per-image seeding of stochastic runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pix2pix.precision import autocast
+from pix2pix.ranges import to_model_range
+
+
+def memory_format(channels_last: bool = True) -> torch.memory_format:
+    """channels_last unless turned off (--no-channels-last): training and inference alike."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def run_generator(generator: nn.Module, images: torch.Tensor, device: torch.device, precision: str,
+                  layout: torch.memory_format = torch.channels_last,
+                  seeds: Sequence[int] | None = None) -> torch.Tensor:
+    """uint8 (0..255) or float ([-1, 1]) NCHW images -> float32 NCHW in [-1, 1] on ``device``.
+
+    The caller sets the generator's mode (eval; dropout or batch statistics on for stochastic
+    and paper-mode runs) and the grad mode. ``seeds``: one per image; each image then runs alone
+    under its own seed, so its output depends neither on its batch mates nor on what ran
+    before it.
+    """
+    x = images.to(device, non_blocking=True)
+    x = (to_model_range(x) if x.dtype == torch.uint8 else x).contiguous(memory_format=layout)
+    if seeds is None:
+        return _forward(generator, x, device, precision)
+    if len(seeds) != len(x):
+        raise ValueError(f"{len(seeds)} seeds for {len(x)} images")
+    outputs = []
+    for image, seed in zip(x, seeds):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            outputs.append(_forward(generator, image[None], device, precision))
+    return torch.cat(outputs)
+
+
+def _forward(generator: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    with autocast(device, precision):
+        return generator(x).float().clamp(-1, 1)
