@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults  # noqa: E402
+from pix2pix import cli  # noqa: E402
 from pix2pix.data import DIRECTIONS, LAYOUTS  # noqa: E402
 
 
@@ -48,10 +48,9 @@ def main() -> int:
     from pix2pix.distributed import prepare, session
 
     if args.input is None:
-        from pix2pix.demo import generate_demo
-
-        generate_demo(defaults.DEMO_ROOT, pairs=args.demo_pairs)
-        args.input, args.output = defaults.DEMO_RAW, defaults.DEMO_DATA
+        session.init()
+        cli.print_summary(prepare.prepare_demo(args.demo_pairs))
+        return 0
     prepare.check_locations(args.input, args.output)  # before starting Ray: a wrong URI fails fast
     session.init()
     summary = prepare.prepare(args.input, args.output, args.layout, args.source_dir, args.target_dir,

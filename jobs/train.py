@@ -8,7 +8,6 @@ Re-running with the same --storage and --name resumes from the latest checkpoint
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,10 +18,8 @@ from pix2pix import cli, defaults, storage  # noqa: E402
 from pix2pix.budget import Budget  # noqa: E402
 from pix2pix.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
 from pix2pix.palette import PaletteError, load_palette  # noqa: E402
-from pix2pix.training import RECIPES, TrainConfig, default_recipe  # noqa: E402
+from pix2pix.training import RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
 
-# The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
-DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
 DEFAULTS = TrainConfig()  # the paper's recipe, except instance norm
 # A Recife epoch is ~20 s on one GPU and a checkpoint of the paper's widths ~0.9 GB (G, D, Adam
 # states, export): every epoch would spend a fifth of the run writing checkpoints.
@@ -120,15 +117,13 @@ def parse_args(argv=None):
     return args
 
 
+CONFIG_FLAGS = ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
+                "ema_decay", "palette_weight", "norm", "dropout", "beta1", "lambda_l1", "precision",
+                "channels_last", "seed")
+
+
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:
-    chosen = {name: getattr(args, name) for name in
-              ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
-               "ema_decay", "palette_weight")
-              if getattr(args, name) is not None}
-    base = {**RECIPES[recipe], **(DEMO_SETTINGS if demo else {})}
-    return TrainConfig(**{**base, **chosen}, norm=args.norm, dropout=args.dropout, beta1=args.beta1,
-                       lambda_l1=args.lambda_l1, precision=args.precision, channels_last=args.channels_last,
-                       seed=args.seed)
+    return recipe_config(recipe, demo, **{name: getattr(args, name) for name in CONFIG_FLAGS})
 
 
 def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
@@ -140,13 +135,6 @@ def job_budget(args) -> Budget | None:
     if args.max_minutes is None and args.max_pairs is None:
         return None
     return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs)
-
-
-def dataset_direction(data_uri: str) -> str:
-    from pix2pix.distributed.prepare import DATASET_INFO_FILE
-
-    info = storage.resolve(data_uri).join(DATASET_INFO_FILE)
-    return json.loads(storage.read_text(info)).get("direction", "AtoB") if storage.exists(info) else "AtoB"
 
 
 def main() -> int:
@@ -162,20 +150,19 @@ def main() -> int:
         shards.find_shards(args.data)  # before starting Ray: a wrong URI fails in a second
     session.init(args.verbose)
     if demo:
+        from pix2pix.distributed.prepare import prepare_demo
+
         args.data = defaults.DEMO_DATA
         if not storage.exists(storage.resolve(defaults.DEMO_DATA).join("train")):
-            from pix2pix.demo import generate_demo
-            from pix2pix.distributed.prepare import prepare
-
-            generate_demo(defaults.DEMO_ROOT)
-            prepare(defaults.DEMO_RAW, defaults.DEMO_DATA)
+            prepare_demo()
     storage_uri = args.storage or defaults.DEMO_RUNS
     name = args.name or defaults.DEMO_RUN_NAME
     resources = train.plan_on_cluster(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
     recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
     config = train_config(args, demo, recipe)
     config.validate()
-    job = train.JobConfig(train=config, data_uri=args.data, direction=args.direction or dataset_direction(args.data),
+    job = train.JobConfig(train=config, data_uri=args.data,
+                          direction=args.direction or shards.dataset_direction(args.data),
                           threads=resources.threads, palette=palette, verbose=args.verbose,
                           budget=job_budget(args), started_at=started_at,
                           **epoch_intervals(args, resources.use_gpu))

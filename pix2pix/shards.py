@@ -14,6 +14,7 @@ numbers are absolute: a resumed run reads epoch 5 as an uninterrupted run would.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ SHARD_SCHEMA = pa.schema([
     ("source", pa.binary()),  # paired: the original encoded source file
     ("target", pa.binary()),  # paired: the original encoded target file
 ])
+DATASET_INFO_FILE = "_dataset.json"  # beside the splits: layout, direction, pair counts, input
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
 
 
@@ -74,6 +76,12 @@ def _split(data: storage.Location, name: str) -> Shards | None:
         return None
     rows = [pq.ParquetFile(data.filesystem.open_input_file(path)).metadata.num_rows for path in files]
     return Shards(tuple(files), tuple(rows))
+
+
+def dataset_direction(data_uri: str) -> str:
+    """The direction the dataset was prepared with (AtoB when it does not say)."""
+    info = storage.resolve(data_uri).join(DATASET_INFO_FILE)
+    return json.loads(storage.read_text(info)).get("direction", "AtoB") if storage.exists(info) else "AtoB"
 
 
 def batches_per_epoch(train_rows: int, world_size: int, batch_size: int) -> int:

@@ -48,6 +48,17 @@ RECIPES: dict[str, dict[str, float]] = {
 }
 
 
+# The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
+DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
+
+
+def recipe_config(recipe: str, demo: bool = False, **chosen) -> "TrainConfig":
+    """A recipe's widths and learning rate, the demo's sizes when ``demo``, then what the user
+    chose (None: not chosen)."""
+    overrides = {name: value for name, value in chosen.items() if value is not None}
+    return TrainConfig(**{**RECIPES[recipe], **(DEMO_SETTINGS if demo else {}), **overrides})
+
+
 def default_recipe(use_gpu: bool) -> str:
     """compact on CPUs, where it was measured better; the paper's widths on GPUs."""
     return "paper" if use_gpu else "compact"

@@ -10,12 +10,11 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from pix2pix import storage
+from pix2pix import defaults, storage
 from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, decode_pair
 from pix2pix.pairs import PairSpec, Skipped, discover_pairs
-from pix2pix.shards import SHARD_SCHEMA
+from pix2pix.shards import DATASET_INFO_FILE, SHARD_SCHEMA
 
-DATASET_INFO_FILE = "_dataset.json"
 
 class PrepareError(ValueError):
     """The input cannot be prepared at all (nothing there, no pairs)."""
@@ -102,3 +101,11 @@ def prepare(
         "output": output_uri,
     }
 
+
+
+def prepare_demo(pairs: int = 300) -> dict:
+    """The embedded demo's pairs generated and prepared (pix2pix.defaults' locations)."""
+    from pix2pix.demo import generate_demo
+
+    generate_demo(defaults.DEMO_ROOT, pairs=pairs)
+    return prepare(defaults.DEMO_RAW, defaults.DEMO_DATA)

@@ -153,6 +153,26 @@ def check_run(options: TranslateOptions) -> Run:
     return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette, info.precision)
 
 
+@dataclass
+class Pipeline:
+    """The Ray Data pipeline of a run and the choices it was built with."""
+
+    statuses: ray.data.Dataset  # one status row per unit, once written (or failed, or skipped)
+    resources: Resources
+    precision: str
+    units_per_call: int
+    counts: defaultdict  # tallied as the statuses arrive; the planning tasks report "planned"
+    progress: TranslateProgress
+
+
+@dataclass
+class Outcome:
+    counts: defaultdict
+    failures_uri: str | None
+    first: tuple[float, int] | None  # (time, written) when the first tiles were written: the end of start-up
+    finished: float
+
+
 def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     started = time.monotonic()
     run = run or check_run(options)
@@ -161,6 +181,19 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     # Planned from the nodes present: on an autoscaling cluster, once there is one to plan from.
     capacity.wait_for_node({"CPU": 1.0, **({"GPU": 1.0} if options.gpu else {})}, "a generator actor",
                            "translate on CPUs with --cpu" if options.gpu else "give the cluster a node with CPUs")
+    pipeline = build_pipeline(options, run)
+    samples = PreviewSamples()
+    outcome = run_pipeline(pipeline, run, samples)
+    if outcome.counts["written"] or outcome.counts["skipped"]:
+        tiles_json, template = write_tilejson(run)
+    else:
+        tiles_json, template = None, None
+    if options.preview:
+        write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
+    return summarise(options, run, pipeline, outcome, started, tiles_json, template)
+
+
+def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     resources = plan_resources(options)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
@@ -207,17 +240,24 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
                          "output": run.output, "image_format": options.image_format, "image_size": run.image_size,
                          "palette": run.palette})
     )
-    samples = PreviewSamples()
-    first = None  # (time, written) when the first tiles were written: the end of start-up
-    with progress, FailureLog(run.output) as failures:
-        for batch in statuses.iter_batches(batch_size=None, batch_format="pyarrow"):
+    return Pipeline(statuses, resources, precision, units_per_call, counts, progress)
+
+
+def run_pipeline(pipeline: Pipeline, run: Run, samples: PreviewSamples) -> Outcome:
+    """Stream the statuses through: counts, the failure records, the preview's samples."""
+    counts, first = pipeline.counts, None
+    with pipeline.progress, FailureLog(run.output) as failures:
+        for batch in pipeline.statuses.iter_batches(batch_size=None, batch_format="pyarrow"):
             _tally(batch, counts, failures, samples)
             if first is None and counts["written"]:
                 first = (time.monotonic(), counts["written"])
-    finished = time.monotonic()
-    tiles_json, template = write_tilejson(run) if counts["written"] or counts["skipped"] else (None, None)
-    if options.preview:
-        write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
+    return Outcome(counts, failures.uri, first, time.monotonic())
+
+
+def summarise(options: TranslateOptions, run: Run, pipeline: Pipeline, outcome: Outcome, started: float,
+              tiles_json: str | None, template: str | None) -> dict:
+    """The job's JSON summary."""
+    counts, first, finished, resources = outcome.counts, outcome.first, outcome.finished, pipeline.resources
     seconds = time.monotonic() - started
     tiles = counts["written"] + counts["skipped"] + counts["failed"]
     steady = (counts["written"] - first[1]) / (finished - first[0]) if first and finished > first[0] else None
@@ -225,9 +265,10 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
         "tiles": tiles, "written": counts["written"], "skipped": counts["skipped"], "failed": counts["failed"],
         "seconds": round(seconds, 2), "tiles_per_s": round(counts["written"] / seconds, 3) if seconds else 0.0,
         "failed_fraction": round(counts["failed"] / tiles, 6) if tiles else 0.0,
-        "failures": failures.uri, "output": options.output, "device": resources.device, "precision": precision,
+        "failures": outcome.failures_uri, "output": options.output, "device": resources.device,
+        "precision": pipeline.precision,
         "actors": [resources.min_actors, resources.max_actors], "threads": resources.threads,
-        "context_pixels": run.margin, "batch_size": units_per_call,
+        "context_pixels": run.margin, "batch_size": pipeline.units_per_call,
         "palette": list(run.palette) if run.palette else None,
         "startup_s": round(first[0] - started, 2) if first else None,
         "steady_tiles_per_s": round(steady, 3) if steady else None,
