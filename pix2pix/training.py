@@ -9,6 +9,7 @@ reaches D there and DDP never sees a parameter marked ready twice.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -143,17 +144,16 @@ def identity(module: nn.Module) -> nn.Module:
     return module
 
 
-def weight_average(generator: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of G's weights (Yazıcı et al., ICLR 2019), with the usual
-    warm-up: the decay is min(decay, (1 + n) / (10 + n)) after n updates, so the first random
-    weights are forgotten within a few hundred steps. Computed on the device (no sync per step)."""
-
-    def update(averaged, current, num_averaged):
-        keep = torch.clamp((1.0 + num_averaged) / (10.0 + num_averaged), max=decay)
-        torch._foreach_mul_(averaged, keep)
-        torch._foreach_add_(averaged, torch._foreach_mul(current, 1.0 - keep))
-
-    return torch.optim.swa_utils.AveragedModel(generator, multi_avg_fn=update, use_buffers=True)
+@torch.no_grad()
+def update_average(average: nn.Module, current: nn.Module, decay: float, step: int) -> None:
+    """One step of an exponential moving average of G's weights (Yazıcı et al., ICLR 2019) with
+    the usual warm-up: the decay is min(decay, (1 + step) / (10 + step)), so the first random
+    weights are forgotten within a few hundred steps. One fused pass over the weights; buffers
+    (batch norm's statistics) are copied."""
+    keep = min(decay, (1.0 + step) / (10.0 + step))
+    torch._foreach_lerp_(list(average.parameters()), list(current.parameters()), 1.0 - keep)
+    for mine, theirs in zip(average.buffers(), current.buffers()):
+        mine.copy_(theirs)
 
 
 class Pix2Pix:
@@ -175,7 +175,7 @@ class Pix2Pix:
         self.generator = UNetGenerator(config.generator_config()).to(self.device, memory_format=self.memory_format)
         self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
             self.device, memory_format=self.memory_format)
-        self.generator_average = weight_average(self.generator, config.ema_decay) if config.ema_decay else None
+        self.generator_average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay else None
         self.palette_term = None
         if config.palette_weight > 0 and palette:
             weights = class_weights if class_weights is not None else [1.0] * len(palette)
@@ -232,7 +232,7 @@ class Pix2Pix:
         finally:
             self.discriminator.requires_grad_(True)
         if self.generator_average is not None:
-            self.generator_average.update_parameters(self.generator)
+            update_average(self.generator_average, self.generator, self.config.ema_decay, self.step)
         self.step += 1
         return {**parts_g, **parts_d}
 
@@ -267,7 +267,7 @@ class Pix2Pix:
     @property
     def inference_generator(self) -> nn.Module:
         """What validation, the samples and the export use: the weight average when there is one."""
-        return self.generator_average.module if self.generator_average is not None else self.generator
+        return self.generator_average if self.generator_average is not None else self.generator
 
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
