@@ -46,7 +46,10 @@ class PaletteTerm:
 
 def palette_logits(images: Tensor, colours: Tensor, temperature: float) -> Tensor:
     """(N, 3, H, W) images -> (N, K, H, W) logits: -(squared distance to each colour) / temperature."""
-    distances = ((images.float().unsqueeze(1) - colours.view(1, -1, 3, 1, 1)) ** 2).sum(dim=2)
+    x = images.float()
+    # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: no (N, K, 3, H, W) intermediate
+    distances = (x * x).sum(dim=1, keepdim=True) - 2 * torch.einsum("nchw,kc->nkhw", x, colours) \
+        + (colours * colours).sum(dim=1).view(1, -1, 1, 1)
     return -distances / temperature
 
 
