@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import subprocess
 import time
 import sys
@@ -61,33 +62,16 @@ def two_cpu_workers():
     return Resources(num_workers=2, use_gpu=False, cpus_per_worker=0.5, threads=1)
 
 
-def assert_export_reproduces_training_state(run_uri: str, checkpoint_path: str):
+def assert_export_reproduces_training_state(run_uri: str, checkpoint_path: str, weights: str = "generator"):
     exported, info = checkpoint.load_generator(run_uri)
     state = checkpoint.load_training_state(storage.resolve(checkpoint_path))
     trained = UNetGenerator(info.generator)
-    trained.load_state_dict(state["generator"])
+    trained.load_state_dict(state[weights])
     trained.eval()
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(exported(x), trained(x))
     return info, state
-
-
-def test_two_worker_ddp_run_on_local_storage(dataset, tmp_path):
-    from pix2pix.distributed.train import fit
-
-    result = fit(job_config(dataset), two_cpu_workers(), str(tmp_path / "runs"), "local")
-    assert result.error is None
-    metrics = result.metrics
-    assert metrics["epoch"] == 2 and metrics["step"] == 2 * 16 // (2 * 2)
-    for name in ("G_GAN", "G_L1", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM"):
-        assert np.isfinite(metrics[name])
-    final = Path(result.checkpoint.path)
-    assert {"generator.safetensors", "generator.json", "training_state.pt", "samples.png"} <= set(os.listdir(final))
-    grid = Image.open(final / "samples.png")
-    assert grid.width > 3 * 64 and grid.height >= 4 * 64  # source | generated | target for the 4 val pairs
-    info, state = assert_export_reproduces_training_state(str(tmp_path / "runs" / "local"), str(final))
-    assert info.step == metrics["step"] and state["epoch"] == 2
 
 
 def test_two_worker_run_against_s3(dataset, s3_bucket):
@@ -229,11 +213,12 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
 
 
 def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):
-    completed = run_job("--data", dataset, "--storage", str(tmp_path), "--num-workers", "2", "--batch-size", "9",
-                        "--image-size", "64", "--depth", "4", "--ngf", "8", "--ndf", "8")
-    assert completed.returncode == 1
-    lines = completed.stderr.strip().splitlines()
-    assert lines[-1] == "error: 16 training pairs make no full batch per worker (2 workers x --batch-size 9)"
+    from pix2pix.distributed.train import fit
+    from pix2pix.shards import DatasetError
+
+    with pytest.raises(DatasetError) as raised:  # before any worker starts
+        fit(job_config(dataset, train=replace(TINY, batch_size=9)), two_cpu_workers(), str(tmp_path), "few")
+    assert str(raised.value) == "16 training pairs make no full batch per worker (2 workers x --batch-size 9)"
 
 
 def test_real_job_submission(dataset, tmp_path):
@@ -254,19 +239,32 @@ def test_real_job_submission(dataset, tmp_path):
     assert info.epoch == 1
 
 
-def test_a_pairs_budget_ends_at_lr_zero_with_a_final_checkpoint(dataset, tmp_path):
+def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
     from pix2pix.budget import Budget
     from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history
+    from pix2pix.palette import RECIFE_PALETTE
 
     # 2 workers x batch 2 = 4 pairs a step, 4 steps an epoch: 24 pairs end in epoch 2, at step 6,
     # although the epoch schedule (1 + 1 epochs) would have stopped at step 8.
-    config = JobConfig(train=TINY, data_uri=dataset, threads=1, budget=Budget(max_pairs=24), started_at=time.time())
+    train = replace(TINY, palette_weight=1.0, ema_decay=0.9)
+    config = JobConfig(train=train, data_uri=dataset, threads=1, budget=Budget(max_pairs=24), started_at=time.time(),
+                       palette=RECIFE_PALETTE)
     result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "budget")
     assert result.error is None
     history = read_history(str(tmp_path / "runs" / "budget"))
     assert [line["step"] for line in history] == [4, 6]
     assert history[0]["lr"] == TINY.lr  # half the budget (12 pairs) passed at step 3: still constant
-    assert history[-1]["lr"] == 0.0 and history[-1]["budget_used"] == 1.0 and "val_L1" in history[-1]
+    assert history[-1]["lr"] == 0.0 and history[-1]["budget_used"] == 1.0
+    for name in ("G_GAN", "G_L1", "G_palette", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "val_mIoU"):
+        assert np.isfinite(history[-1][name]), name
+    final = Path(result.checkpoint.path)
+    assert {"generator.safetensors", "generator.json", "training_state.pt", "samples.png"} <= set(os.listdir(final))
+    grid = Image.open(final / "samples.png")
+    assert grid.width > 3 * 64 and grid.height >= 4 * 64  # source | generated | target for the 4 val pairs
     state = checkpoint.load_training_state(storage.resolve(result.checkpoint.path))
     assert state["step"] == 6 and state[BUDGET_SECONDS] > 0
     assert all(group["lr"] == 0.0 for group in state["optimizer_g"]["param_groups"])
+    # the export is the weight average, with the palette it was trained on
+    info, _ = assert_export_reproduces_training_state(str(tmp_path / "runs" / "budget"), str(final),
+                                                      weights="generator_average")
+    assert info.step == 6 and info.palette == RECIFE_PALETTE
