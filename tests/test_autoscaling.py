@@ -105,6 +105,8 @@ def test_the_city_pipeline_scales_cpu_nodes_up_from_zero_and_back(cluster, works
     assert launched and {node_type(node, types) for node in launched} == {"cpu"}, \
         "CPU jobs launch cpu nodes only (the head has no CPUs, no gpu node is needed)"
     assert stages["train"][2]["workers"] == 1 and stages["train"][2]["checkpoint"], stages["train"][2]
+    # --recipe auto on CPUs is compact: its learning rate, the widths given on the command line
+    assert stages["train"][2]["recipe"] == {"name": "compact", "ngf": 8, "ndf": 8, "lr": 0.0004}
     assert stages["translate"][2]["written"] == len(tiles) and stages["translate"][2]["failed"] == 0
     assert len(list(maps.rglob("*.png"))) == len(tiles)
 

@@ -1,5 +1,5 @@
 """Batch translation end to end: Ray Data on local storage and S3, resume, bad tiles, modes,
-batch independence, context seams on a real scene, a real `ray job submit`, CLI errors."""
+batch independence, context seams on a real scene, CLI errors (`ray job submit`: tests/test_autoscaling.py)."""
 
 from __future__ import annotations
 
@@ -339,22 +339,6 @@ def test_context_removes_seams_on_a_real_scene(ray_session, recife, tmp_path):
     assert alone_border > 1.25 * alone_inside, (alone_border, alone_inside)       # seams without context
     assert context_border < 1.15 * context_inside, (context_border, context_inside)  # none with it
     assert context_border < 0.75 * alone_border
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_real_job_submission(tiny_checkpoint, tmp_path):
-    from tests.ray_head import ray_head, submit
-
-    write_grid(str(tmp_path / "in"))
-    with ray_head() as (_, client_env):
-        completed = submit(client_env, str(REPO), "python", "jobs/translate.py", "--input", str(tmp_path / "in"),
-                           "--output", f"file://{tmp_path}/out", "--checkpoint", tiny_checkpoint,
-                           "--threads", "1", timeout=360)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert re.search(r"Job '\S+' succeeded", completed.stdout), completed.stdout[-3000:]
-    assert len(outputs(tmp_path / "out")) == len(GRID)
-    assert '"written": 9' in completed.stdout
 
 
 # ---- the command line: mistakes end in one line, before Ray starts ----------------------------
