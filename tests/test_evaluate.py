@@ -255,3 +255,54 @@ def test_shards_from_the_prepare_job(ray_session, raw_pairs, tiny_checkpoint, tm
     raw = evaluate(EvaluateOptions(data=str(raw_pairs), **options))
     assert prepared["source"] == "prepared" and prepared["pairs"] == raw["pairs"] == 5
     assert prepared["l1"] == raw["l1"] and prepared["per_class_iou"] == raw["per_class_iou"]
+
+
+def _validate_on_rank(rank: int, world_size: int, port: int, config, model_config, results: str) -> None:
+    import torch.distributed as dist
+
+    from pix2pix.distributed.train import validate
+    from pix2pix.training import Pix2Pix
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        metrics = validate(Pix2Pix(model_config), config, rank, world_size)  # same seed: same weights
+        Path(results, f"{rank}.json").write_text(json.dumps(metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_validation_equals_evaluate_on_the_same_pairs(raw_pairs, tmp_path):
+    """Each of 2 ranks validates the val pairs it owns (owner_rank) and the sums are all-reduced:
+    the result is what evaluate() gives on the whole split in one process. No Ray: gloo."""
+    from pix2pix.distributed.train import JobConfig
+    from pix2pix.shards import SHARD_SCHEMA, find_shards, owner_rank
+    from pix2pix.training import Pix2Pix, TrainConfig
+    from tests.conftest import free_port
+
+    rows = [{"key": path.stem, "layout": "paired", "image": None, "source_side": None, "source": path.read_bytes(),
+             "target": (raw_pairs / "val" / "map" / f"{path.stem}.png").read_bytes()}
+            for path in sorted((raw_pairs / "val" / "sat").glob("*.jpg"))]
+    for split in ("train", "val"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), tmp_path / "data" / split / "0.parquet")
+    assert {owner_rank(row["key"], 2) for row in rows} == {0, 1}  # both ranks have pairs to validate
+    model_config = TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp32")
+    data = str(tmp_path / "data")
+    _, val = find_shards(data)
+    config = JobConfig(train=model_config, data_uri=data, val_shards=val, palette=RECIFE_PALETTE)
+    (tmp_path / "results").mkdir()
+    torch.multiprocessing.spawn(_validate_on_rank, args=(2, free_port(), config, model_config,
+                                                         str(tmp_path / "results")), nprocs=2)
+    first, second = (json.loads((tmp_path / "results" / f"{rank}.json").read_text()) for rank in (0, 1))
+    assert first == second  # every rank ends with the all-reduced metrics
+
+    model = Pix2Pix(model_config)
+    checkpoint.export_generator(model.generator, model.export_info(), storage.resolve(str(tmp_path / "export")))
+    summary = evaluate(EvaluateOptions(data=data, checkpoint=str(tmp_path / "export"), palette="recife",
+                                       precision="fp32"))
+    assert summary["pairs"] == len(rows) == 5
+    for name, metric in (("l1", "L1"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("miou", "mIoU")):
+        assert summary[name] == pytest.approx(first[metric], rel=1e-5, abs=1e-6), name
+    assert summary["per_class_iou"] == pytest.approx({name[4:]: value for name, value in first.items()
+                                                      if name.startswith("IoU/")}, rel=1e-5, abs=1e-6)
