@@ -26,9 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RECIFE = REPO.parent / "shared" / "data" / "recife"
 CANDIDATES = {
-    "base": "",  # the defaults of jobs/train.py
-    "ema": "--ema-decay 0.999",
-    "resize": "--upsample resize",
+    "defaults": "",  # jobs/train.py as it is
+    "base": "--palette-weight 0",  # the defaults before the palette term (GAN + L1 only)
+    "ema": "--palette-weight 0 --ema-decay 0.999",
+    "resize": "--palette-weight 0 --upsample resize",
     "palette": "--palette-weight 3",
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")

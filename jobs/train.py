@@ -82,7 +82,8 @@ def parse_args(argv=None):
                         f"this decay; 0: off (default: {DEFAULTS.ema_decay})")
     recipe.add_argument("--palette-weight", type=float, default=None,
                         help="with --palette: weight of a class-balanced cross-entropy over the palette's classes "
-                        f"beside GAN + L1; 0: off (default: {DEFAULTS.palette_weight})")
+                        "beside GAN + L1; 0: off (default: the recipe's: "
+                        f"{RECIPES['compact']['palette_weight']:g} in compact, 0 in paper)")
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
