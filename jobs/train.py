@@ -76,7 +76,7 @@ def parse_args(argv=None):
     recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
     recipe.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
                         help="decoder upsampling: transposed convolutions (the paper's) or resize-convolution "
-                        f"(no checkerboard) (default: {DEFAULTS.upsample})")
+                        "(no checkerboard) (default: the recipe's: resize in compact, transposed in paper)")
     recipe.add_argument("--ema-decay", type=float, default=None,
                         help="validate and export an exponential moving average of the generator's weights with "
                         f"this decay; 0: off (default: {DEFAULTS.ema_decay})")

@@ -39,14 +39,15 @@ LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 
 # Widths, Adam learning rate and the palette term's weight; the rest is the paper's recipe either
 # way (U-Net + 70x70 PatchGAN, lambda 100, batch 1, beta1 0.5) with instance norm.
-RECIPES: dict[str, dict[str, float]] = {
+RECIPES: dict[str, dict[str, float | str]] = {
     "paper": {"ngf": 64, "ndf": 64, "lr": 2e-4},
     # Half the width and twice the learning rate (Adam's step scaled with 1/width, as in muP):
     # several times the pairs per second on a CPU, and on Recife better than the paper's recipe
     # at equal wall time (figures: bench/README.md, Quality). Without the doubled rate the
     # half-width model learns far less per pair. With a palette, the class-balanced palette term
-    # (losses.PaletteTerm) at weight 3: on Recife it takes building IoU from 0 to ~0.5.
-    "compact": {"ngf": 32, "ndf": 32, "lr": 4e-4, "palette_weight": 3.0},
+    # (losses.PaletteTerm) at weight 3: on Recife it takes building IoU from 0 to ~0.5; and a
+    # resize-convolution decoder, better with or without it (bench/README.md, Quality).
+    "compact": {"ngf": 32, "ndf": 32, "lr": 4e-4, "palette_weight": 3.0, "upsample": "resize"},
 }
 
 

@@ -113,7 +113,8 @@ def test_train_job_recipes_and_their_overrides():
     job = load_job("train")
     args = job.parse_args([])
     assert job.train_config(args, False, "paper") == TrainConfig()
-    assert job.train_config(args, False, "compact") == TrainConfig(ngf=32, ndf=32, lr=4e-4, palette_weight=3.0)
+    compact = TrainConfig(ngf=32, ndf=32, lr=4e-4, palette_weight=3.0, upsample="resize")
+    assert job.train_config(args, False, "compact") == compact
     demo = job.train_config(args, True, "compact")
     assert (demo.image_size, demo.ngf, demo.lr) == (128, 32, 4e-4)
     overridden = job.train_config(job.parse_args(["--ngf", "48", "--lr", "1e-3"]), False, "compact")

@@ -389,8 +389,8 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
     try:
         checkpoint.check_architecture(info.generator, config.generator_config(), latest.uri)
     except checkpoint.CheckpointError as error:
-        raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or --ngf/--ndf), "
-                                         "or use another --name to start a new run") from None
+        raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
+                                         "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
     return info.epoch
 
 
