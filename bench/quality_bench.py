@@ -27,10 +27,11 @@ REPO = Path(__file__).resolve().parent.parent
 RECIFE = REPO.parent / "shared" / "data" / "recife"
 CANDIDATES = {
     "defaults": "",  # jobs/train.py as it is
-    "base": "--palette-weight 0",  # the defaults before the palette term (GAN + L1 only)
-    "ema": "--palette-weight 0 --ema-decay 0.999",
+    "base": "--palette-weight 0 --upsample transposed",  # the defaults before this screen: GAN + L1
+    "ema": "--palette-weight 0 --upsample transposed --ema-decay 0.999",
     "resize": "--palette-weight 0 --upsample resize",
-    "palette": "--palette-weight 3",
+    "palette": "--palette-weight 3 --upsample transposed",
+    "final": "--palette-weight 3 --upsample resize",  # the winners combined: today's defaults
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 
