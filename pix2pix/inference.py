@@ -19,6 +19,12 @@ def memory_format(channels_last: bool = True) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def model_inputs(images: torch.Tensor, device: torch.device, layout: torch.memory_format) -> torch.Tensor:
+    """uint8 (0..255) or float ([-1, 1]) NCHW images -> the model's floats on ``device`` in ``layout``."""
+    x = images.to(device, non_blocking=True)
+    return (to_model_range(x) if x.dtype == torch.uint8 else x).contiguous(memory_format=layout)
+
+
 def run_generator(generator: nn.Module, images: torch.Tensor, device: torch.device, precision: str,
                   layout: torch.memory_format = torch.channels_last,
                   seeds: Sequence[int] | None = None) -> torch.Tensor:
@@ -29,8 +35,7 @@ def run_generator(generator: nn.Module, images: torch.Tensor, device: torch.devi
     under its own seed, so its output depends neither on its batch mates nor on what ran
     before it.
     """
-    x = images.to(device, non_blocking=True)
-    x = (to_model_range(x) if x.dtype == torch.uint8 else x).contiguous(memory_format=layout)
+    x = model_inputs(images, device, layout)
     if seeds is None:
         return _forward(generator, x, device, precision)
     if len(seeds) != len(x):

@@ -127,15 +127,16 @@ def snap_to_palette(images: Tensor, palette: Palette) -> Tensor:
     return colours[palette_classes(images, palette)].permute(0, 3, 1, 2).contiguous()
 
 
-def class_frequencies(images: Tensor, palette: Palette) -> list[float]:
-    """The share of the pixels of each class (palette order) in a batch of target maps."""
-    counts = torch.bincount(palette_classes(images, palette).reshape(-1), minlength=len(palette)).double()
-    return (counts / counts.sum()).tolist()
+def class_counts(images: Tensor, palette: Palette) -> Tensor:
+    """Pixels of each class (palette order) in a batch of target maps: float64 (K,)."""
+    return torch.bincount(palette_classes(images, palette).reshape(-1), minlength=len(palette)).double()
 
 
-def balanced_class_weights(frequencies: list[float]) -> list[float]:
-    """Median-frequency balancing (Eigen & Fergus, 2015): weight = median frequency / frequency,
-    so rare classes (roads, buildings) count as much as common ones; a class never seen gets 1."""
+def balanced_class_weights(counts: Tensor) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus, 2015) of class pixel counts: weight = median
+    frequency / frequency, so rare classes (roads, buildings) count as much as common ones; a
+    class never seen gets 1."""
+    frequencies = (counts / counts.sum()).tolist() if counts.sum() > 0 else [0.0] * len(counts)
     present = [f for f in frequencies if f > 0]
     median = statistics.median(present) if present else 1.0
     return [median / f if f > 0 else 1.0 for f in frequencies]

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from pix2pix.checkpoint import ExportInfo
-from pix2pix.inference import memory_format, run_generator
+from pix2pix.inference import memory_format, model_inputs, run_generator
 from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.ranges import to_model_range, to_uint8
@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, float | str]] = {
 DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
 
 
-def recipe_config(recipe: str, demo: bool = False, **chosen) -> "TrainConfig":
+def recipe_config(recipe: str, demo: bool = False, **chosen) -> TrainConfig:
     """A recipe's widths and learning rate, the demo's sizes when ``demo``, then what the user
     chose (None: not chosen)."""
     overrides = {name: value for name, value in chosen.items() if value is not None}
@@ -201,10 +201,7 @@ class Pix2Pix:
 
     def prepare_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW (as the data pipeline delivers) -> float in [-1, 1] on the device."""
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = to_model_range(images)
-        return images.contiguous(memory_format=self.memory_format)
+        return model_inputs(images, self.device, self.memory_format)
 
     def train_step(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """One D update then one G update on a batch; returns the detached loss parts."""

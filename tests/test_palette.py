@@ -11,7 +11,7 @@ import torch
 from pix2pix import checkpoint, storage
 from pix2pix.data import decode_image, encode_image
 from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.palette import (RECIFE_PALETTE, PaletteError, balanced_class_weights, class_frequencies,
+from pix2pix.palette import (RECIFE_PALETTE, PaletteError, balanced_class_weights, class_counts,
                              encode_paletted_png, load_palette, output_palette, parse_palette, snap_to_palette)
 from pix2pix.translation import Translator
 
@@ -102,13 +102,14 @@ def test_a_requested_palette_needs_png_and_excludes_no_palette():
         output_palette("recife", True, "png", None)
 
 
-def test_class_frequencies_and_median_frequency_weights():
+def test_class_counts_and_median_frequency_weights():
     colours = list(RECIFE_PALETTE.values())
     image = torch.zeros(1, 3, 4, 10, dtype=torch.uint8)
     image[..., :6] = torch.tensor(colours[0], dtype=torch.uint8).view(3, 1, 1)  # water 60%
     image[..., 6:9] = torch.tensor(colours[2], dtype=torch.uint8).view(3, 1, 1)  # vegetation 30%
     image[..., 9:] = torch.tensor(colours[3], dtype=torch.uint8).view(3, 1, 1)  # road 10%
-    frequencies = class_frequencies(image, RECIFE_PALETTE)
-    assert frequencies == pytest.approx([0.6, 0, 0.3, 0.1, 0, 0, 0])
-    weights = balanced_class_weights(frequencies)
+    counts = class_counts(image, RECIFE_PALETTE)
+    assert counts.tolist() == [24, 0, 12, 4, 0, 0, 0]
+    weights = balanced_class_weights(counts)
     assert weights == pytest.approx([0.5, 1, 1, 3, 1, 1, 1])  # median 0.3; absent classes 1
+    assert balanced_class_weights(torch.zeros(7, dtype=torch.float64)) == [1.0] * 7  # nothing sampled

@@ -39,7 +39,7 @@ from pix2pix.precision import set_threads
 from pix2pix.progress import duration
 from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
                             find_shards, key_hash, owner_rank, records_where)
-from pix2pix.palette import balanced_class_weights, class_frequencies
+from pix2pix.palette import balanced_class_weights, class_counts
 from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, sample_grid
 
 SAMPLES_FILE = "samples.png"
@@ -211,11 +211,10 @@ def palette_class_weights(config: JobConfig) -> list[float]:
     """Balanced class weights from the class frequencies of a fixed sample of the train split's
     targets (every CLASS_SAMPLE-th pair by key hash): the same on every worker and every attempt."""
     sample = records_where(config.data_uri, config.train_shards, lambda key: key_hash(key) % CLASS_SAMPLE == 0)
-    counts = [0.0] * len(config.palette)
+    counts = torch.zeros(len(config.palette), dtype=torch.float64)
     for batch in evaluation_batches(sample, config.train.image_size, VALIDATION_BATCH):
-        shares = class_frequencies(torch.from_numpy(batch["target"]), config.palette)
-        counts = [total + share * len(batch["target"]) for total, share in zip(counts, shares)]
-    return balanced_class_weights([count / max(sum(counts), 1.0) for count in counts])
+        counts += class_counts(torch.from_numpy(batch["target"]), config.palette)
+    return balanced_class_weights(counts)
 
 
 def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
