@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pix2pix.palette import Palette, palette_classes
+from pix2pix.ranges import to_model_range
+
 
 def _bce_against(logits: Tensor, label: float) -> Tensor:
     logits = logits.float()
@@ -35,13 +38,18 @@ class PaletteTerm:
     colour) / temperature, so it is differentiable in the output colours and lowest when the
     output sits on the target's colour; class weights make rare classes (roads) count."""
 
-    colours: Tensor  # (K, 3) in [-1, 1]
+    palette: Palette
+    colours: Tensor  # (K, 3): the palette's colours in [-1, 1], on the training device
     class_weights: Tensor  # (K,)
     weight: float  # of the term, beside lambda_l1's L1
     temperature: float  # in squared [-1, 1] units: 0.1 is a tenth of the closest Recife colours' distance
 
-    def to(self, device) -> "PaletteTerm":
-        return PaletteTerm(self.colours.to(device), self.class_weights.to(device), self.weight, self.temperature)
+    @classmethod
+    def build(cls, palette: Palette, class_weights: list[float], weight: float, temperature: float,
+              device: torch.device | str = "cpu") -> PaletteTerm:
+        colours = to_model_range(torch.tensor(list(palette.values()))).to(device)
+        return cls(palette, colours, torch.tensor(class_weights, dtype=torch.float32, device=device), weight,
+                   temperature)
 
 
 def palette_logits(images: Tensor, colours: Tensor, temperature: float) -> Tensor:
@@ -54,7 +62,7 @@ def palette_logits(images: Tensor, colours: Tensor, temperature: float) -> Tenso
 
 
 def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm) -> Tensor:
-    classes = palette_logits(target, term.colours, 1.0).argmax(dim=1)  # the target's nearest colour
+    classes = palette_classes(target, term.palette)  # the target's nearest colour, as the metrics read it
     return F.cross_entropy(palette_logits(fake, term.colours, term.temperature), classes,
                            weight=term.class_weights)
 

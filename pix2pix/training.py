@@ -23,7 +23,7 @@ from pix2pix.checkpoint import ExportInfo
 from pix2pix.inference import memory_format, model_inputs, run_generator
 from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss
 from pix2pix.metrics import MetricAccumulator
-from pix2pix.ranges import to_model_range, to_uint8
+from pix2pix.ranges import to_uint8
 from pix2pix.networks import (
     DiscriminatorConfig,
     GeneratorConfig,
@@ -181,9 +181,8 @@ class Pix2Pix:
         self.palette_term = None
         if config.palette_weight > 0 and palette:
             weights = class_weights if class_weights is not None else [1.0] * len(palette)
-            self.palette_term = PaletteTerm(to_model_range(torch.tensor(list(palette.values()))),
-                                            torch.tensor(weights, dtype=torch.float32), config.palette_weight,
-                                            config.palette_temperature).to(self.device)
+            self.palette_term = PaletteTerm.build(palette, weights, config.palette_weight,
+                                                  config.palette_temperature, self.device)
         self.generator_step = wrap(self.generator)
         self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
         betas = (config.beta1, 0.999)

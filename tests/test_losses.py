@@ -91,9 +91,8 @@ def test_bf16_inputs_give_float32_losses():
 
 
 def recife_term(weights=None, weight=1.0, temperature=0.1):
-    colours = torch.tensor(list(RECIFE_PALETTE.values()), dtype=torch.float32) / 127.5 - 1
-    weights = torch.ones(len(RECIFE_PALETTE)) if weights is None else torch.tensor(weights, dtype=torch.float32)
-    return PaletteTerm(colours, weights, weight, temperature)
+    weights = [1.0] * len(RECIFE_PALETTE) if weights is None else weights
+    return PaletteTerm.build(RECIFE_PALETTE, weights, weight, temperature)
 
 
 def test_the_palette_term_is_lowest_on_the_targets_colour_and_weighs_rare_classes():
