@@ -81,7 +81,7 @@ def parse_args(argv=None):
                      help="exit with an error when more than this share of the tiles failed")
     out.add_argument("--preview", metavar="PATH", help="also write a PNG of a region, source | translation "
                      "side by side, to this local path or URI")
-    out.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
+    cli.add_ray_flags(out, "show Ray's own logs and progress bars")
     args = parser.parse_args(argv)
 
     named = [args.input, args.output, args.checkpoint]
@@ -145,7 +145,7 @@ def main() -> int:
 
     options = translate_options(args)
     run = check_run(options)
-    session.init(args.verbose)
+    session.init(args.verbose, args.dashboard)
     summary = translate(options, run)
     cli.print_summary(summary)
     if summary["failed"] and summary["failed_fraction"] > args.max_failed_fraction:
