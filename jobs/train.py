@@ -84,6 +84,13 @@ def parse_args(argv=None):
                         help="with --palette: weight of a class-balanced cross-entropy over the palette's classes "
                         "beside GAN + L1; 0: off (default: the recipe's: "
                         f"{RECIPES['compact']['palette_weight']:g} in compact, 0 in paper)")
+    recipe.add_argument("--palette-temperature", type=float, default=None,
+                        help="the palette term's softmax temperature over -(squared distance to each colour), "
+                        f"colours in [-1, 1] (default: {DEFAULTS.palette_temperature:g})")
+    recipe.add_argument("--palette-balance", type=float, default=None,
+                        help="the power of the palette term's class weights, (median class frequency / "
+                        f"frequency) ** P: 0 unweighted, 1 balanced, > 1 rare classes first (default: "
+                        f"{DEFAULTS.palette_balance:g})")
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
@@ -119,8 +126,8 @@ def parse_args(argv=None):
 
 
 CONFIG_FLAGS = ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
-                "ema_decay", "palette_weight", "norm", "dropout", "beta1", "lambda_l1", "precision",
-                "channels_last", "seed")
+                "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "norm", "dropout", "beta1",
+                "lambda_l1", "precision", "channels_last", "seed")
 
 
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:

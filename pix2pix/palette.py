@@ -132,11 +132,11 @@ def class_counts(images: Tensor, palette: Palette) -> Tensor:
     return torch.bincount(palette_classes(images, palette).reshape(-1), minlength=len(palette)).double()
 
 
-def balanced_class_weights(counts: Tensor) -> list[float]:
-    """Median-frequency balancing (Eigen & Fergus, 2015) of class pixel counts: weight = median
-    frequency / frequency, so rare classes (roads, buildings) count as much as common ones; a
-    class never seen gets 1."""
+def balanced_class_weights(counts: Tensor, power: float = 1.0) -> list[float]:
+    """Median-frequency balancing (Eigen & Fergus, 2015) of class pixel counts: weight = (median
+    frequency / frequency) ** power, so rare classes (roads, buildings) count as much as common
+    ones (power 1), or more (power > 1); a class never seen gets 1."""
     frequencies = (counts / counts.sum()).tolist() if counts.sum() > 0 else [0.0] * len(counts)
     present = [f for f in frequencies if f > 0]
     median = statistics.median(present) if present else 1.0
-    return [median / f if f > 0 else 1.0 for f in frequencies]
+    return [(median / f) ** power if f > 0 else 1.0 for f in frequencies]

@@ -88,6 +88,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of G's weights
     palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
     palette_temperature: float = 0.1
+    palette_balance: float = 1.0  # the power of the palette term's median-frequency class weights
 
     @property
     def generator_depth(self) -> int:
@@ -115,8 +116,10 @@ class TrainConfig:
             raise ValueError("epochs + epochs_decay must be at least 1")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
             raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
-        if not 0 <= self.ema_decay < 1 or self.palette_weight < 0 or self.palette_temperature <= 0:
-            raise ValueError("the EMA decay must be in [0, 1), the palette weight >= 0 and its temperature > 0")
+        if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance) < 0 \
+                or self.palette_temperature <= 0:
+            raise ValueError("the EMA decay must be in [0, 1), the palette weight and balance >= 0 and its "
+                             "temperature > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -112,4 +112,6 @@ def test_class_counts_and_median_frequency_weights():
     assert counts.tolist() == [24, 0, 12, 4, 0, 0, 0]
     weights = balanced_class_weights(counts)
     assert weights == pytest.approx([0.5, 1, 1, 3, 1, 1, 1])  # median 0.3; absent classes 1
+    assert balanced_class_weights(counts, power=2) == pytest.approx([0.25, 1, 1, 9, 1, 1, 1])
+    assert balanced_class_weights(counts, power=0) == pytest.approx([1] * 7)
     assert balanced_class_weights(torch.zeros(7, dtype=torch.float64)) == [1.0] * 7  # nothing sampled

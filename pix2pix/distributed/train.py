@@ -214,7 +214,7 @@ def palette_class_weights(config: JobConfig) -> list[float]:
     counts = torch.zeros(len(config.palette), dtype=torch.float64)
     for batch in evaluation_batches(sample, config.train.image_size, VALIDATION_BATCH):
         counts += class_counts(torch.from_numpy(batch["target"]), config.palette)
-    return balanced_class_weights(counts)
+    return balanced_class_weights(counts, config.train.palette_balance)
 
 
 def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
