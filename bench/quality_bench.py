@@ -31,7 +31,7 @@ CANDIDATES = {
     "ema": "--palette-weight 0 --upsample transposed --ema-decay 0.999",
     "resize": "--palette-weight 0 --upsample resize",
     "palette": "--palette-weight 3 --upsample transposed",
-    "final": "--palette-weight 3 --upsample resize",  # the winners combined: the defaults of 2026-12-03
+    "final": "--palette-weight 3 --upsample resize",  # the winners combined: the compact defaults
     "balance2": "--palette-weight 3 --upsample resize --palette-balance 2",  # rare classes (roads) first
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
