@@ -123,11 +123,11 @@ def parse_args(argv=None):
 
 def translate_options(args):
     """The parsed flags as the library's TranslateOptions (--actors is min = max already; the
-    failure threshold is the job's own)."""
+    failure threshold and --dashboard are the job's own)."""
     from pix2pix.distributed.translate import TranslateOptions
 
     return TranslateOptions(**{name: value for name, value in vars(args).items()
-                               if name not in ("actors", "max_failed_fraction")})
+                               if name not in ("actors", "max_failed_fraction", "dashboard")})
 
 
 def main() -> int:
