@@ -22,8 +22,9 @@ def init(verbose: bool = False, dashboard: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (or a running local one), else start a local one.
     Ray's own warnings (e.g. that token authentication is on) only with ``verbose``.
 
-    A local instance starts lean: without the dashboard (unless ``dashboard``) and without Ray
-    Train's preemption watcher (nothing drains the nodes of an instance this process owns). Each
+    A local instance starts lean: without the dashboard's modules (unless ``dashboard``; Ray's
+    minimal dashboard and its agent still serve the job API) and without Ray Train's preemption
+    watcher (nothing drains the nodes of an instance this process owns). Each
     idle Ray process wakes ~100 times a second; on a 2-core machine, where torch's two threads
     wait for each other at every parallel region, that costs training about twice its CPU share
     (bench/README.md, Training). A cluster keeps all of it."""
