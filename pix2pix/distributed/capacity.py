@@ -17,9 +17,10 @@ from collections.abc import Callable
 import ray
 from ray.autoscaler.sdk import request_resources
 
-# The autoscaler decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S): six rounds that launch
-# nothing is its verdict. A launching node (minutes on a cloud) keeps the wait going.
-IDLE_LIMIT_S = 30.0
+# The autoscaler decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S), slower on a busy head (a
+# 2-core test cluster once launched nothing in 30 s while it retired the last job's nodes):
+# twelve rounds that launch nothing is its verdict. A launching node keeps the wait going.
+IDLE_LIMIT_S = 60.0
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
 _STATUS_KEY = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_STATUS (autoscaler v1)
