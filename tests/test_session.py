@@ -67,7 +67,7 @@ def test_a_local_instance_starts_lean_and_a_cluster_is_joined_as_it_is(ray_sessi
     assert joined["head"] is False and joined["watcher"] is None
 
 
-def test_only_an_unset_address_or_local_starts_an_instance(monkeypatch):
+def test_only_an_unset_address_or_local_starts_an_instance():
     from pix2pix.distributed.session import starts_local_instance
 
     assert starts_local_instance("local")

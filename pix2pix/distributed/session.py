@@ -24,10 +24,10 @@ def init(verbose: bool = False, dashboard: bool = False) -> None:
 
     A local instance starts lean: without the dashboard's modules (unless ``dashboard``; Ray's
     minimal dashboard and its agent still serve the job API) and without Ray Train's preemption
-    watcher (nothing drains the nodes of an instance this process owns). Each
-    idle Ray process wakes ~100 times a second; on a 2-core machine, where torch's two threads
-    wait for each other at every parallel region, that costs training about twice its CPU share
-    (bench/README.md, Training). A cluster keeps all of it."""
+    watcher (nothing drains the nodes of an instance this process owns). Each idle Ray process
+    wakes ~100 times a second; on a 2-core machine, where torch's two threads wait for each other
+    at every parallel region, that costs training about twice its CPU share (bench/README.md,
+    Training). A cluster keeps all of it."""
     if ray.is_initialized():
         return
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
