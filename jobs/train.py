@@ -110,7 +110,7 @@ def parse_args(argv=None):
     parser.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...} for "
                         "colour-coded targets: validation adds per-class IoU and mIoU, and the export records the "
                         "palette, so translation snaps to it (default for the demo: recife)")
-    cli.add_ray_flags(parser, "show Ray's own logs (quiet by default)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs (quiet by default)")
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
     args = parser.parse_args(argv)
@@ -156,7 +156,7 @@ def main() -> int:
 
     if not demo:
         shards.find_shards(args.data)  # before starting Ray: a wrong URI fails in a second
-    session.init(args.verbose, args.dashboard)
+    session.init(args.verbose)
     if demo:
         from pix2pix.distributed.prepare import prepare_demo
 

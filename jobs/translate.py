@@ -81,7 +81,7 @@ def parse_args(argv=None):
                      help="exit with an error when more than this share of the tiles failed")
     out.add_argument("--preview", metavar="PATH", help="also write a PNG of a region, source | translation "
                      "side by side, to this local path or URI")
-    cli.add_ray_flags(out, "show Ray's own logs and progress bars")
+    out.add_argument("--verbose", action="store_true", help="show Ray's own logs and progress bars")
     args = parser.parse_args(argv)
 
     named = [args.input, args.output, args.checkpoint]
@@ -123,11 +123,11 @@ def parse_args(argv=None):
 
 def translate_options(args):
     """The parsed flags as the library's TranslateOptions (--actors is min = max already; the
-    failure threshold and --dashboard are the job's own)."""
+    failure threshold is the job's own)."""
     from pix2pix.distributed.translate import TranslateOptions
 
     return TranslateOptions(**{name: value for name, value in vars(args).items()
-                               if name not in ("actors", "max_failed_fraction", "dashboard")})
+                               if name not in ("actors", "max_failed_fraction")})
 
 
 def main() -> int:
@@ -145,7 +145,7 @@ def main() -> int:
 
     options = translate_options(args)
     run = check_run(options)
-    session.init(args.verbose, args.dashboard)
+    session.init(args.verbose)
     summary = translate(options, run)
     cli.print_summary(summary)
     if summary["failed"] and summary["failed_fraction"] > args.max_failed_fraction:

@@ -35,13 +35,6 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def add_ray_flags(parser: argparse.ArgumentParser, verbose_help: str) -> None:
-    """--verbose and --dashboard, the same in every job that runs on Ray."""
-    parser.add_argument("--verbose", action="store_true", help=verbose_help)
-    parser.add_argument("--dashboard", action="store_true",
-                        help="start Ray's dashboard with the local Ray instance (a cluster has its own)")
-
-
 def print_summary(summary: dict) -> None:
     print(json.dumps(summary, sort_keys=False, default=str), flush=True)
 

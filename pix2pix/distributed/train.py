@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 from pix2pix import checkpoint, storage
-from pix2pix.distributed import capacity
+from pix2pix.distributed import capacity, session
+from pix2pix.distributed.trainer import JobTrainer
 from pix2pix.budget import Budget, lr_factor
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
@@ -404,7 +405,7 @@ def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, ma
     config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
-    trainer = ray.train.torch.TorchTrainer(
+    trainer = JobTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(
@@ -417,5 +418,6 @@ def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, ma
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep_checkpoints),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
+        owns_instance=session.owns_instance(),
     )
     return trainer.fit()
