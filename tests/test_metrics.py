@@ -17,7 +17,7 @@ from pix2pix.metrics import (
     ssim,
 )
 from pix2pix.palette import RECIFE_PALETTE, palette_classes, snap_to_palette
-from pix2pix.ranges import to_uint8
+from pix2pix.ranges import to_uint8, to_unit
 
 TWO_CLASSES = {"dark": (0, 0, 0), "light": (255, 255, 255)}
 
@@ -223,3 +223,16 @@ def test_bootstrap_intervals_hold_the_estimate_and_shrink_to_it_for_identical_pa
         assert low < estimate < high and high - low < 0.2
     same = bootstrap_iou(np.full((10, 1), 30.0), np.full((10, 1), 60.0), ["a"])
     assert same["a"] == pytest.approx((0.5, 0.5)) and same["mIoU"] == pytest.approx((0.5, 0.5))
+
+
+@pytest.mark.parametrize("size", [8, 64])
+def test_ssim_is_torchmetrics_ssim(size):
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    pred, target = random_images(70, n=3, size=size), random_images(71, n=3, size=size)
+    target[1] = pred[1] * 0.8 + target[1] * 0.2  # one pair alike: SSIM far from 0
+    reference = structural_similarity_index_measure(to_unit(pred), to_unit(target), data_range=1.0,
+                                                    reduction="none")
+    mine = torch.tensor([ssim(pred[i], target[i]) for i in range(3)])
+    assert torch.allclose(mine, reference, atol=1e-5), (mine, reference)
+    assert mine[1] > 0.5
