@@ -83,8 +83,8 @@ def train_and_score(work: Path, data: str, name: str, flags: list[str], seed: in
                            work / "logs" / f"{run_name}.evaluate.log"))
     history = [json.loads(line) for line in (Path(trained["run"]) / "metrics.jsonl").read_text().splitlines()]
     record = {"run": run_name, "candidate": name, "flags": flags, "seed": seed, "budget": budget,
-              "pairs": trained["step"], "train_seconds": trained["seconds"], "evaluation": scored,
-              "curve": [{"minutes_used": row.get("budget_used"), "step": row["step"],
+              "pairs": trained["pairs"], "train_seconds": trained["seconds"], "evaluation": scored,
+              "curve": [{"minutes_used": row.get("budget_used"), "pairs": row["pairs"],
                          "mIoU": row.get("val_mIoU"), "building": row.get("val_IoU/building"),
                          "road": row.get("val_IoU/road")} for row in history]}
     result.write_text(json.dumps(record, indent=1))
@@ -119,7 +119,7 @@ def report(records: list[dict]) -> None:
         if record["budget"][0] == "--max-minutes":
             minutes = float(record["budget"][1])
             print(f"\ncurve of {record['run']} (validation after each epoch): " + "; ".join(
-                f"{(point['minutes_used'] or 0) * minutes:.1f} min, {point['step']} pairs: mIoU {point['mIoU']:.3f}, "
+                f"{(point['minutes_used'] or 0) * minutes:.1f} min, {point['pairs']} pairs: mIoU {point['mIoU']:.3f}, "
                 f"building {point['building'] or 0:.3f}, road {point['road'] or 0:.3f}" for point in record["curve"]))
 
 

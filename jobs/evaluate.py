@@ -25,7 +25,8 @@ def parse_args(argv=None):
                         "(default: the demo run)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="val")
     parser.add_argument("--palette", help="'recife' (built in) or a JSON file {\"class\": [r, g, b], ...}: "
-                        "adds per-class IoU and mIoU, each pixel taking its nearest palette colour "
+                        "adds per-class IoU, mIoU, precision, recall and the confusion matrix, each pixel "
+                        "taking its nearest palette colour "
                         "(default: the palette the model was trained with, if any)")
     parser.add_argument("--batch-size", type=int, default=None, help="pairs per generator call (default: 8)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",

@@ -187,6 +187,7 @@ def main() -> int:
         "samples": f"{final}/samples.png" if final else None,
         "epoch": last.get("epoch"),
         "step": last.get("step"),
+        "pairs": last.get("pairs"),  # training pairs seen, all workers together
         "metrics": {key: value for key, value in last.items() if key.startswith(("val_", "G_", "D_"))},
         "history": f"{run_uri}/{train.HISTORY_FILE}",
         "palette": list(palette) if palette else None,

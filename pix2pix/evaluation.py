@@ -24,7 +24,7 @@ import torch
 from pix2pix import checkpoint, storage
 from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform
 from pix2pix.hashing import stable_seed
-from pix2pix.metrics import MetricAccumulator, bootstrap_iou, iou_counts
+from pix2pix.metrics import MetricAccumulator, bootstrap_iou, class_report, confusion_counts, intersections_unions
 from pix2pix.palette import snap_to_palette
 from pix2pix.ranges import to_model_range, to_uint8
 from pix2pix.pairs import SPLITS, discover_pairs
@@ -164,7 +164,7 @@ class Evaluation:
     skipped: list[str]
     grid_rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]  # key, source, generated, target (HWC)
     target_off_palette: float | None
-    pair_iou_counts: tuple[np.ndarray, np.ndarray] | None = None  # (pairs, K) intersections, unions
+    pair_confusions: torch.Tensor | None = None  # (pairs, K, K) pixels by target and predicted class
 
 
 def evaluate_records(records: Iterable[dict], translate: Translate, image_size: int,
@@ -181,7 +181,7 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
     grid_rows: list = []
     counts = {"pairs": 0, "off_palette": 0, "pixels": 0}
     batch: list[tuple[str, np.ndarray, np.ndarray]] = []
-    pair_counts: list[tuple[np.ndarray, np.ndarray]] = []  # per pair, for the bootstrap intervals
+    pair_confusions: list[torch.Tensor] = []  # per pair, for the bootstrap intervals
 
     def flush() -> None:
         nonlocal grid_rows
@@ -193,8 +193,7 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
         counts["pairs"] += len(batch)
         if palette:
             for one, target in zip(generated, to_model_range(targets)):
-                intersection, union = iou_counts(one[None], target[None], palette)
-                pair_counts.append((intersection.numpy(), union.numpy()))
+                pair_confusions.append(confusion_counts(one[None], target[None], palette))
             counts["off_palette"] += off_palette_pixels(targets, palette)
             counts["pixels"] += targets.shape[0] * targets.shape[2] * targets.shape[3]
         if grid_count:
@@ -222,7 +221,7 @@ def evaluate_records(records: Iterable[dict], translate: Translate, image_size: 
     if not counts["pairs"]:
         raise EvaluationError(f"no pair could be read ({'; '.join(skipped[:3])})")
     off_palette = counts["off_palette"] / counts["pixels"] if palette else None
-    per_pair = (np.stack([i for i, _ in pair_counts]), np.stack([u for _, u in pair_counts])) if pair_counts else None
+    per_pair = torch.stack(pair_confusions) if pair_confusions else None
     return Evaluation(MetricAccumulator.summarize(accumulator.totals()), counts["pairs"], skipped, grid_rows,
                       off_palette, per_pair)
 
@@ -285,10 +284,12 @@ def evaluate(options: EvaluateOptions) -> dict:
         summary["per_class_iou"] = {name: _number(result.metrics[f"IoU/{name}"])
                                     for name in palette if f"IoU/{name}" in result.metrics}
         summary["miou"] = _number(result.metrics.get("mIoU", math.nan))
-        intervals = bootstrap_iou(*result.pair_iou_counts, list(palette))
+        intersections, unions = intersections_unions(result.pair_confusions)
+        intervals = bootstrap_iou(intersections.numpy(), unions.numpy(), list(palette))
         summary["iou_interval_95"] = {name: [round(low, 4), round(high, 4)] for name, (low, high) in intervals.items()}
         summary["pixel_accuracy_snapped"] = _number(result.metrics["pixel_accuracy_snapped"])
         summary["target_off_palette"] = _number(result.target_off_palette)
+        summary.update(class_report(result.pair_confusions.sum(0), list(palette)))
     summary["grid"] = options.grid if result.grid_rows else None
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary

@@ -122,17 +122,45 @@ def pixel_accuracy(pred: Tensor, target: Tensor, tolerance: float = 5) -> float:
     return _correct_pixels(pred, target, tolerance).double().mean().item()
 
 
-def iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
-               pred_cls: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-class intersection and union pixel counts, each a float64 tensor of length K."""
+def confusion_counts(pred: Tensor, target: Tensor, palette: Mapping,
+                     pred_cls: Tensor | None = None) -> Tensor:
+    """Pixel counts by (target class, predicted class), nearest palette colour each: float64 (K, K)."""
     k = len(palette)
     pred_cls = (palette_classes(pred, palette) if pred_cls is None else pred_cls).reshape(-1)
     target_cls = palette_classes(target, palette).reshape(-1)
-    pred_count = torch.bincount(pred_cls, minlength=k)
-    target_count = torch.bincount(target_cls, minlength=k)
-    intersection = torch.bincount(target_cls[pred_cls == target_cls], minlength=k)
-    union = pred_count + target_count - intersection
-    return intersection.double(), union.double()
+    return torch.bincount(target_cls * k + pred_cls, minlength=k * k).reshape(k, k).double()
+
+
+def intersections_unions(confusion: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-class intersection and union counts from (..., K, K) confusion counts: each (..., K)."""
+    intersection = confusion.diagonal(dim1=-2, dim2=-1)
+    return intersection, confusion.sum(-1) + confusion.sum(-2) - intersection
+
+
+def iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
+               pred_cls: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-class intersection and union pixel counts, each a float64 tensor of length K."""
+    return intersections_unions(confusion_counts(pred, target, palette, pred_cls))
+
+
+def class_report(confusion: Tensor, names: list[str]) -> dict[str, dict]:
+    """What a confusion matrix (target rows, predicted columns) says per class: the share of each
+    target class's pixels predicted as each class, precision, recall, and each class's share of
+    the target and of the predicted pixels (a class predicted far more often than it occurs is
+    where the false positives are)."""
+    rows, columns, total = confusion.sum(1), confusion.sum(0), confusion.sum().clamp(min=1)
+    correct = confusion.diagonal()
+
+    def share(counts: Tensor, of: Tensor) -> dict[str, float]:
+        return {name: round((c / o).item(), 4) for name, c, o in zip(names, counts, of) if o > 0}
+
+    return {
+        "confusion": {name: share(confusion[k], rows[k].expand(len(names)))
+                      for k, name in enumerate(names) if rows[k] > 0},
+        "precision": share(correct, columns), "recall": share(correct, rows),
+        "target_share": share(rows, total.expand(len(names))),
+        "predicted_share": share(columns, total.expand(len(names))),
+    }
 
 
 def _iou_from_counts(names, intersections, unions) -> dict[str, float]:

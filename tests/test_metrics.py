@@ -10,6 +10,8 @@ from pix2pix.metrics import (
     MetricAccumulator,
     add_totals,
     class_iou,
+    class_report,
+    confusion_counts,
     l1,
     pixel_accuracy,
     psnr,
@@ -116,6 +118,22 @@ def test_class_iou_leaves_out_absent_classes():
     target = torch.zeros(1, 4, 4, dtype=torch.long)  # only "water"
     result = class_iou(paint(target, RECIFE_PALETTE), paint(target, RECIFE_PALETTE), RECIFE_PALETTE)
     assert result == {"water": 1.0, "mIoU": 1.0}
+
+
+def test_class_report_hand_computed():
+    three = {"dark": (0, 0, 0), "grey": (127, 127, 127), "light": (255, 255, 255)}
+    target = torch.tensor([[[0, 0, 0, 1], [2, 2, 2, 2]]])  # 3 dark, 1 grey, 4 light
+    pred = torch.tensor([[[0, 1, 1, 1], [2, 2, 2, 1]]])  # grey predicted 4 times, right once
+    confusion = confusion_counts(paint(pred, three), paint(target, three), three)
+    assert confusion.tolist() == [[1, 2, 0], [0, 1, 0], [0, 1, 3]]
+    report = class_report(confusion, list(three))
+    assert report["confusion"]["dark"] == pytest.approx({"dark": 1 / 3, "grey": 2 / 3, "light": 0}, abs=1e-4)
+    assert report["precision"] == pytest.approx({"dark": 1, "grey": 1 / 4, "light": 1}, abs=1e-4)
+    assert report["recall"] == pytest.approx({"dark": 1 / 3, "grey": 1, "light": 3 / 4}, abs=1e-4)
+    assert report["target_share"] == pytest.approx({"dark": 3 / 8, "grey": 1 / 8, "light": 4 / 8}, abs=1e-4)
+    assert report["predicted_share"] == pytest.approx({"dark": 1 / 8, "grey": 4 / 8, "light": 3 / 8}, abs=1e-4)
+    intersection_over_union = class_iou(paint(pred, three), paint(target, three), three)
+    assert intersection_over_union["grey"] == pytest.approx(1 / 4)  # the same counts as the IoU
 
 
 def expected_on(pred, target):

@@ -237,7 +237,7 @@ def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_averag
     result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "budget")
     assert result.error is None
     history = read_history(str(tmp_path / "runs" / "budget"))
-    assert [line["step"] for line in history] == [4, 6]
+    assert [line["step"] for line in history] == [4, 6] and [line["pairs"] for line in history] == [16, 24]
     assert history[0]["lr"] == TINY.lr  # half the budget (12 pairs) passed at step 3: still constant
     assert history[-1]["lr"] == 0.0 and history[-1]["budget_used"] == 1.0
     for name in ("G_GAN", "G_L1", "G_palette", "D_real", "D_fake", "val_L1", "val_PSNR", "val_SSIM", "val_mIoU"):

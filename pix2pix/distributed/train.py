@@ -282,7 +282,8 @@ def train_loop_per_worker(job: dict) -> None:
         learning_rate = model.learning_rate
         model.end_epoch(schedule=clock is None)
         history.append(epoch.losses)
-        metrics = {"epoch": model.epoch, "step": model.step, "resumed_from_epoch": resumed_from_epoch,
+        metrics = {"epoch": model.epoch, "step": model.step, "pairs": model.step * pairs_per_step,
+                   "resumed_from_epoch": resumed_from_epoch,
                    "lr": learning_rate, **epoch.losses,
                    "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
                    "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
