@@ -148,18 +148,18 @@ def class_report(confusion: Tensor, names: list[str]) -> dict[str, dict]:
     target class's pixels predicted as each class, precision, recall, and each class's share of
     the target and of the predicted pixels (a class predicted far more often than it occurs is
     where the false positives are)."""
-    rows, columns, total = confusion.sum(1), confusion.sum(0), confusion.sum().clamp(min=1)
-    correct = confusion.diagonal()
+    counts = confusion.tolist()
+    rows, columns = confusion.sum(1).tolist(), confusion.sum(0).tolist()
+    total = max(sum(rows), 1)
 
-    def share(counts: Tensor, of: Tensor) -> dict[str, float]:
-        return {name: round((c / o).item(), 4) for name, c, o in zip(names, counts, of) if o > 0}
+    def shares(values: list[float], of: list[float]) -> dict[str, float]:
+        return {name: round(value / whole, 4) for name, value, whole in zip(names, values, of) if whole > 0}
 
+    correct = [counts[k][k] for k in range(len(names))]
     return {
-        "confusion": {name: share(confusion[k], rows[k].expand(len(names)))
-                      for k, name in enumerate(names) if rows[k] > 0},
-        "precision": share(correct, columns), "recall": share(correct, rows),
-        "target_share": share(rows, total.expand(len(names))),
-        "predicted_share": share(columns, total.expand(len(names))),
+        "confusion": {name: shares(counts[k], [rows[k]] * len(names)) for k, name in enumerate(names) if rows[k] > 0},
+        "precision": shares(correct, columns), "recall": shares(correct, rows),
+        "target_share": shares(rows, [total] * len(names)), "predicted_share": shares(columns, [total] * len(names)),
     }
 
 
