@@ -8,6 +8,7 @@ Re-running with the same --storage and --name resumes from the latest checkpoint
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,9 @@ def parse_args(argv=None):
                         help="the power of the palette term's class weights, (median class frequency / "
                         f"frequency) ** P: 0 unweighted, 1 balanced, > 1 rare classes first (default: "
                         f"{DEFAULTS.palette_balance:g})")
+    recipe.add_argument("--palette-output", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --palette: the generator outputs one logit per palette class and draws the most "
+                        "likely class's colour, instead of RGB snapped to the nearest colour (default: the recipe's)")
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
@@ -126,8 +130,8 @@ def parse_args(argv=None):
 
 
 CONFIG_FLAGS = ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
-                "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "norm", "dropout", "beta1",
-                "lambda_l1", "precision", "channels_last", "seed")
+                "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "palette_output", "norm",
+                "dropout", "beta1", "lambda_l1", "precision", "channels_last", "seed")
 
 
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:

@@ -61,22 +61,24 @@ def palette_logits(images: Tensor, colours: Tensor, temperature: float) -> Tenso
     return -distances / temperature
 
 
-def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm) -> Tensor:
+def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm, class_logits: Tensor | None = None) -> Tensor:
+    """``class_logits``: a palette-output generator's own (``GeneratorConfig.palette``); else the
+    logits are read off the output colours."""
     classes = palette_classes(target, term.palette)  # the target's nearest colour, as the metrics read it
-    return F.cross_entropy(palette_logits(fake, term.colours, term.temperature), classes,
-                           weight=term.class_weights)
+    logits = class_logits.float() if class_logits is not None else palette_logits(fake, term.colours, term.temperature)
+    return F.cross_entropy(logits, classes, weight=term.class_weights)
 
 
 def generator_loss(
     fake_logits: Tensor, fake: Tensor, target: Tensor, lambda_l1: float = 100.0,
-    palette: PaletteTerm | None = None,
+    palette: PaletteTerm | None = None, class_logits: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     gan = _bce_against(fake_logits, 1.0)
     l1 = F.l1_loss(fake.float(), target.float())
     loss = gan + lambda_l1 * l1
     parts = {"G_GAN": gan.detach(), "G_L1": l1.detach()}
     if palette is not None:
-        cross_entropy = palette_loss(fake, target, palette)
+        cross_entropy = palette_loss(fake, target, palette, class_logits)
         loss = loss + palette.weight * cross_entropy
         parts["G_palette"] = cross_entropy.detach()
     return loss, parts

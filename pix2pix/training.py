@@ -89,6 +89,7 @@ class TrainConfig:
     palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
     palette_temperature: float = 0.1
     palette_balance: float = 1.0  # the power of the palette term's median-frequency class weights
+    palette_output: bool = False  # with a palette: G outputs class logits (GeneratorConfig.palette)
 
     @property
     def generator_depth(self) -> int:
@@ -98,9 +99,11 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return self.epochs + self.epochs_decay
 
-    def generator_config(self) -> GeneratorConfig:
+    def generator_config(self, palette: Palette | None = None) -> GeneratorConfig:
+        """``palette``: the targets' (None: generic images); it shapes G's output when ``palette_output``."""
+        colours = tuple(palette.values()) if palette and self.palette_output else ()
         return GeneratorConfig(ngf=self.ngf, depth=self.generator_depth, norm=self.norm, dropout=self.dropout,
-                               upsample=self.upsample)
+                               upsample=self.upsample, palette=colours)
 
     def discriminator_config(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, norm=self.norm)
@@ -177,7 +180,9 @@ class Pix2Pix:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         torch.manual_seed(config.seed)  # identical initial weights on every worker
-        self.generator = UNetGenerator(config.generator_config()).to(self.device, memory_format=self.memory_format)
+        self.palette = palette
+        self.generator = UNetGenerator(config.generator_config(palette)).to(
+            self.device, memory_format=self.memory_format)
         self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
             self.device, memory_format=self.memory_format)
         self.generator_average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay else None
@@ -211,7 +216,7 @@ class Pix2Pix:
         self.generator_step.train()
         self.discriminator_step.train()
         with autocast(self.device, self.precision):
-            fake = self.generator_step(source)
+            fake, class_logits = self.generator_step(source, with_logits=True)
 
         with autocast(self.device, self.precision):
             real_logits, fake_logits = self.discriminator_step(source, target, fake.detach())
@@ -225,7 +230,8 @@ class Pix2Pix:
         try:
             with autocast(self.device, self.precision):
                 fake_logits = self.discriminator(source, fake)
-            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1, self.palette_term)
+            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1, self.palette_term,
+                                             class_logits)
             self.optimizer_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self.scaler_g.step(self.optimizer_g)
@@ -253,7 +259,7 @@ class Pix2Pix:
     def export_info(self, direction: str = "AtoB", palette: dict | None = None) -> ExportInfo:
         """What the generator export records: its training precision (inference at "auto" then
         runs as validation did) and the targets' palette (translation snaps to it)."""
-        return ExportInfo(generator=self.config.generator_config(), image_size=self.config.image_size,
+        return ExportInfo(generator=self.config.generator_config(self.palette), image_size=self.config.image_size,
                           direction=direction, step=self.step, epoch=self.epoch, precision=self.precision,
                           palette=palette)
 
@@ -301,10 +307,11 @@ class Pix2Pix:
 
     def load_state_dict(self, state: dict) -> None:
         saved = TrainConfig(**state["config"])
-        if saved.generator_config() != self.config.generator_config():
+        found, expected = saved.generator_config(self.palette), self.config.generator_config(self.palette)
+        if found != expected:
             raise ValueError(
-                f"the checkpoint's generator {saved.generator_config()} differs from the requested "
-                f"{self.config.generator_config()}; use another --name to start a new run"
+                f"the checkpoint's generator {found} differs from the requested "
+                f"{expected}; use another --name to start a new run"
             )
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])

@@ -122,3 +122,14 @@ def test_the_palette_term_joins_the_generator_objective_with_its_weight():
     assert torch.allclose(with_term, plain + 5.0 * palette_loss(fake, target, term))
     with_term.backward()
     assert fake.grad is not None and parts["G_palette"].requires_grad is False
+
+
+def test_the_palette_term_uses_a_palette_generators_own_logits():
+    term = recife_term()
+    target = term.colours[3].view(1, 3, 1, 1).expand(1, 3, 4, 4)  # road, class 3
+    building = term.colours[1].view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    logits = torch.zeros(1, 7, 4, 4)
+    logits[:, 3] = 10.0
+    confident = palette_loss(building, target, term, class_logits=logits)
+    assert float(confident) < 0.01  # read off the logits, not the output's colours
+    assert float(palette_loss(building, target, term)) > 1

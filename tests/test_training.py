@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
+from pix2pix.ranges import to_uint8
 from pix2pix.training import (Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay, load_scaler_state,
                               sample_grid)
 from tests.conftest import load_job
@@ -201,3 +202,31 @@ def test_the_palette_term_trains_only_with_a_palette_and_reports_its_loss():
     parts = model.train_step(*batch())
     assert model.loss_names[-1] == "G_palette" and math.isfinite(float(parts["G_palette"]))
     assert model.palette_term.class_weights.tolist() == [1, 3, 1, 3, 1, 1, 1]
+
+
+def test_a_palette_output_generator_learns_a_class_and_draws_only_palette_colours(tmp_path):
+    from pix2pix.palette import RECIFE_PALETTE
+
+    config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", dropout=0.0, lr=2e-3,
+                         palette_weight=3.0, palette_output=True)
+    assert Pix2Pix(config).generator.config.palette == ()  # no palette given: an RGB generator
+    model = Pix2Pix(config, palette=RECIFE_PALETTE)
+    assert model.generator.config.palette == tuple(RECIFE_PALETTE.values())
+    source = batch()[0]
+    road = torch.tensor(RECIFE_PALETTE["road"], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 64, 64)
+    first = float(model.train_step(source, road)["G_palette"])
+    for _ in range(40):
+        last = float(model.train_step(source, road)["G_palette"])
+    # the class logits themselves are trained (L1 alone is content with any mix that averages grey)
+    assert last < 0.6 * first
+    drawn = to_uint8(model.translate(source))
+    assert torch.equal(drawn, road.expand_as(drawn))  # eval: the most likely class's exact colour
+    info = model.export_info(palette=RECIFE_PALETTE)
+    checkpoint.export_generator(model.inference_generator, info, storage.resolve(str(tmp_path)))
+    loaded, loaded_info = checkpoint.load_generator(str(tmp_path))
+    assert loaded_info.generator == model.generator.config
+    with torch.inference_mode():
+        assert torch.equal(to_uint8(loaded.eval()(model.prepare_inputs(source))), drawn)
+    other = Pix2Pix(TrainConfig(**{**config.to_dict(), "palette_output": False}), palette=RECIFE_PALETTE)
+    with pytest.raises(ValueError, match="differs from the requested"):
+        other.load_state_dict(model.state_dict())

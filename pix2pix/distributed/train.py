@@ -379,7 +379,7 @@ def plan_on_cluster(num_workers: int | None, gpu: bool | None, cpus_per_worker: 
     return resources
 
 
-def check_resume(run: storage.Location, config: TrainConfig) -> int:
+def check_resume(run: storage.Location, config: TrainConfig, palette: dict | None = None) -> int:
     """The epoch the run resumes from (0 for a new run). Refuse, in one line and before any
     worker starts, to resume a run whose latest checkpoint is of another architecture (every
     worker attempt would fail on it)."""
@@ -388,7 +388,7 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
         return 0
     info = checkpoint.read_export_info(latest)
     try:
-        checkpoint.check_architecture(info.generator, config.generator_config(), latest.uri)
+        checkpoint.check_architecture(info.generator, config.generator_config(palette), latest.uri)
     except checkpoint.CheckpointError as error:
         raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
                                          "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
@@ -398,7 +398,7 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
 def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2, verbose: bool = False) -> ray.train.Result:
     location = storage.resolve(storage_uri)
-    check_resume(location.join(name), config.train)
+    check_resume(location.join(name), config.train, config.palette)
     train_shards, val_shards = find_shards(config.data_uri)
     if batches_per_epoch(train_shards.total_rows, resources.num_workers, config.train.batch_size) == 0:
         raise DatasetError(f"{train_shards.total_rows} training pairs make no full batch per worker "
