@@ -33,6 +33,7 @@ CANDIDATES = {
     "palette": "--palette-weight 3 --upsample transposed",
     "final": "--palette-weight 3 --upsample resize",  # the winners combined: the compact defaults
     "balance2": "--palette-weight 3 --upsample resize --palette-balance 2",  # rare classes (roads) first
+    "palout": "--palette-weight 3 --upsample resize --palette-output",  # G draws classes, not RGB
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 

@@ -144,8 +144,12 @@ def make_translate(generator: torch.nn.Module, device: torch.device, precision: 
     the image itself) one image at a time, seeded by the pair's key so a pair's output does
     not depend on which pairs come before it.
     """
-    layout = memory_format()
-    generator = generator.to(device, memory_format=layout).train(paper_mode)
+    layout = memory_format(None, device, precision)
+    generator = generator.to(device, memory_format=layout).eval()
+    if paper_mode:  # dropout and batch statistics; a palette generator still draws one class per pixel
+        for module in generator.modules():
+            if isinstance(module, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)):
+                module.train()
 
     @torch.no_grad()  # not inference_mode: train-mode batch norm updates its running buffers
     def translate(sources: torch.Tensor, keys: list[str]) -> torch.Tensor:

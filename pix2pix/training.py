@@ -82,7 +82,7 @@ class TrainConfig:
     beta1: float = 0.5
     lambda_l1: float = 100.0
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: the device's and precision's faster layout (inference.memory_format)
     seed: int = 0
     upsample: str = "transposed"  # the decoder's: transposed convolutions (the paper's) or resize-convolution
     ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of G's weights
@@ -176,7 +176,7 @@ class Pix2Pix:
         self.config = config
         self.device = torch.device(device)
         self.precision = resolve_precision(config.precision, self.device)
-        self.memory_format = memory_format(config.channels_last)
+        self.memory_format = memory_format(config.channels_last, self.device, self.precision)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         torch.manual_seed(config.seed)  # identical initial weights on every worker

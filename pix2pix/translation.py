@@ -117,14 +117,14 @@ class Translator:
         generator: nn.Module,
         device: torch.device | str = "cpu",
         precision: str = "fp32",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         micro_batch: int | None = None,
         stochastic: bool = False,
         palette: Mapping[str, tuple[int, int, int]] | None = None,
     ):
         self.device = torch.device(device)
         self.precision = precision
-        self.layout = memory_format(channels_last)
+        self.layout = memory_format(channels_last, self.device, precision)
         self.micro_batch = micro_batch or default_micro_batch(self.device)
         self.stochastic = stochastic
         self.palette = palette

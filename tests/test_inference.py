@@ -46,3 +46,11 @@ def test_both_layouts_compute_the_same_function(generator):
         last = run_generator(generator.eval(), sources, CPU, "fp32", memory_format(True))
         first = run_generator(generator.eval(), sources, CPU, "fp32", memory_format(False))
     assert torch.allclose(last, first, atol=1e-5)
+
+
+def test_the_layout_follows_device_and_precision_unless_chosen():
+    assert memory_format(None, "cpu", "fp32") == torch.contiguous_format  # measured faster there
+    assert memory_format(None, "cpu", "bf16") == torch.channels_last
+    assert memory_format(None, "cuda", "fp32") == torch.channels_last
+    assert memory_format(True, "cpu", "fp32") == torch.channels_last
+    assert memory_format(False, "cuda", "bf16") == torch.contiguous_format
