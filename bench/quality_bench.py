@@ -34,6 +34,8 @@ CANDIDATES = {
     "final": "--palette-weight 3 --upsample resize",  # the winners combined: the compact defaults
     "balance2": "--palette-weight 3 --upsample resize --palette-balance 2",  # rare classes (roads) first
     "palout": "--palette-weight 3 --upsample resize --palette-output",  # G draws classes, not RGB
+    "ndf32": "--ndf 32",  # the compact recipe's discriminator before 2026-12-06 (now ndf 16)
+    "crop128": "--crop-size 128",  # train on 128 px crops (a 7-level U-Net), validate and translate at 256
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 

@@ -51,9 +51,9 @@ def parse_args(argv=None):
                        help="worker-group restarts from the latest checkpoint before the run fails")
     recipe = parser.add_argument_group("recipe (the paper's, with instance norm)")
     recipe.add_argument("--recipe", choices=("auto", *RECIPES), default="auto",
-                        help="widths and learning rate: paper (ngf = ndf = 64, lr 2e-4) or compact (32, 32, 4e-4: "
-                        "better on a CPU budget, see bench/README.md, Quality); auto: compact when training on "
-                        "CPUs, paper on GPUs. --ngf, --ndf and --lr override it")
+                        help="widths and learning rate: paper (ngf = ndf = 64, lr 2e-4) or compact (ngf 32, ndf 16, "
+                        "lr 4e-4: better on a CPU budget, see bench/README.md, Quality); auto: compact when "
+                        "training on CPUs, paper on GPUs. --ngf, --ndf and --lr override it")
     recipe.add_argument("--epochs", type=int, default=None,
                         help=f"epochs at the initial lr (default: {DEFAULTS.epochs})")
     recipe.add_argument("--epochs-decay", type=int, default=None,
@@ -62,7 +62,10 @@ def parse_args(argv=None):
     recipe.add_argument("--lr", type=float, default=None, help="Adam learning rate, G and D (default: the recipe's)")
     recipe.add_argument("--beta1", type=float, default=DEFAULTS.beta1, help="Adam beta1")
     recipe.add_argument("--lambda-l1", type=float, default=DEFAULTS.lambda_l1, help="weight of the L1 term")
-    recipe.add_argument("--image-size", type=int, default=None, help=f"training crop (default: {DEFAULTS.image_size})")
+    recipe.add_argument("--image-size", type=int, default=None,
+                        help=f"pairs are resized to this for validation and inference (default: {DEFAULTS.image_size})")
+    recipe.add_argument("--crop-size", type=int, default=None,
+                        help="training crop of the pair resized to 286/256 of the image size (default: the image size)")
     recipe.add_argument("--norm", choices=NORM_KINDS, default=DEFAULTS.norm,
                         help="instance keeps tiles independent of batch mates; batch is the paper's")
     recipe.add_argument("--ngf", type=int, default=None, help="generator width (default: the recipe's)")
@@ -130,9 +133,9 @@ def parse_args(argv=None):
     return args
 
 
-CONFIG_FLAGS = ("image_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr", "upsample",
-                "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "palette_output", "norm",
-                "dropout", "beta1", "lambda_l1", "precision", "channels_last", "seed")
+CONFIG_FLAGS = ("image_size", "crop_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr",
+                "upsample", "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "palette_output",
+                "norm", "dropout", "beta1", "lambda_l1", "precision", "channels_last", "seed")
 
 
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:

@@ -3,7 +3,8 @@
 Export = a directory holding ``generator.safetensors`` (weights) and ``generator.json``
 (architecture, image size, direction, step). Every Ray Train checkpoint directory contains
 one, next to ``training_state.pt`` (G, D, optimizers, schedulers; loaded with
-``torch.load(weights_only=True)``). A ``--checkpoint`` argument may therefore name an
+``torch.load(weights_only=True)``) and ``training.json`` (the run's training configuration, for
+reading without loading the state). A ``--checkpoint`` argument may therefore name an
 export/checkpoint directory, its ``generator.safetensors`` file, or a run directory (whose
 latest ``checkpoint_*`` is used), locally or on S3.
 """
@@ -21,7 +22,7 @@ import safetensors.torch
 import torch
 
 from pix2pix import storage
-from pix2pix.networks import GeneratorConfig, UNetGenerator
+from pix2pix.networks import DiscriminatorConfig, GeneratorConfig, UNetGenerator
 from pix2pix.palette import palette_to_json, parse_palette
 
 EXPORT_FORMAT = "pix2pix-generator"
@@ -29,6 +30,7 @@ EXPORT_VERSION = 1
 WEIGHTS_FILE = "generator.safetensors"
 CONFIG_FILE = "generator.json"
 TRAINING_STATE_FILE = "training_state.pt"
+TRAINING_CONFIG_FILE = "training.json"
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
@@ -187,7 +189,8 @@ def load_generator(
     return generator.to(device).eval(), info
 
 
-def check_architecture(found: GeneratorConfig, expect: GeneratorConfig, uri: str) -> None:
+def check_architecture(found: GeneratorConfig | DiscriminatorConfig, expect: GeneratorConfig | DiscriminatorConfig,
+                       uri: str) -> None:
     """Refuse a checkpoint of another architecture, naming the fields that differ."""
     if expect != found:
         raise CheckpointError(f"architecture mismatch in {uri}: {_describe_difference(expect, found)}")
@@ -212,7 +215,8 @@ def _check_fits(own: dict, state: dict, uri: str) -> None:
         raise CheckpointError(f"weights in {uri} do not fit the declared architecture: " + "; ".join(problems))
 
 
-def _describe_difference(expected: GeneratorConfig, found: GeneratorConfig) -> str:
+def _describe_difference(expected: GeneratorConfig | DiscriminatorConfig,
+                         found: GeneratorConfig | DiscriminatorConfig) -> str:
     wanted, have = expected.to_dict(), found.to_dict()
     return ", ".join(f"{key} is {have[key]!r}, expected {wanted[key]!r}"
                      for key in wanted if wanted[key] != have.get(key))
@@ -222,6 +226,13 @@ def save_training_state(state: dict, directory: storage.Location) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     storage.write_bytes(directory.filesystem, posixpath.join(directory.path, TRAINING_STATE_FILE), buffer.getvalue())
+    storage.write_text(directory.join(TRAINING_CONFIG_FILE), json.dumps(state["config"], indent=2))
+
+
+def read_training_config(directory: storage.Location) -> dict | None:
+    """The training configuration a checkpoint was saved with (None: saved before it was recorded)."""
+    location = directory.join(TRAINING_CONFIG_FILE)
+    return json.loads(storage.read_text(location)) if storage.exists(location) else None
 
 
 def load_training_state(directory: storage.Location) -> dict:

@@ -102,9 +102,10 @@ def load_size_for(image_size: int) -> int:
 
 
 def paired_transform(image_size: int, train: bool, seed: int | None = None,
-                     target_interpolation: int = cv2.INTER_NEAREST) -> A.Compose:
+                     target_interpolation: int = cv2.INTER_NEAREST, crop_size: int | None = None) -> A.Compose:
     """The paper's augmentation, identical for source and target: resize to 286, random
-    crop 256, random horizontal flip. Evaluation and inference: resize only.
+    crop 256, random horizontal flip. Evaluation and inference: resize only. ``crop_size``
+    (training): a smaller random crop of the resized pair (None: ``image_size``).
 
     The target is resized with nearest-neighbour interpolation: maps are flat colours, and a
     cubic resize invents in-between colours along every class edge (2.5% of a Recife map's
@@ -115,7 +116,7 @@ def paired_transform(image_size: int, train: bool, seed: int | None = None,
         load = load_size_for(image_size)
         steps = [
             A.Resize(load, load, **interpolation),
-            A.RandomCrop(image_size, image_size),
+            A.RandomCrop(crop_size or image_size, crop_size or image_size),
             A.HorizontalFlip(p=0.5),
         ]
     else:

@@ -98,11 +98,11 @@ class DiscriminatorConfig(_DictConfig):
         _check_norm_kind(self.norm)
 
 
-def check_image_size(image_size: int, depth: int) -> None:
+def check_image_size(image_size: int, depth: int, what: str = "image size") -> None:
     multiple = 2**depth
     if image_size <= 0 or image_size % multiple != 0:
         raise ValueError(
-            f"image size {image_size} is not a multiple of 2^{depth} = {multiple} "
+            f"{what} {image_size} is not a multiple of 2^{depth} = {multiple} "
             f"(the U-Net halves it {depth} times); use {multiple}, {2 * multiple}, ... "
             "or a generator depth that fits"
         )

@@ -73,6 +73,13 @@ def test_each_epoch_is_every_pair_once_in_its_own_order(dataset):
     assert epoch_pairs(dataset, 5) == epochs[1]
 
 
+def test_a_crop_size_gives_smaller_training_pairs(dataset):
+    train, _ = shards.find_shards(dataset)
+    reader = shards.TrainingPairs(dataset, train, 32, 2, seed=7, crop_size=16)
+    batch = next(iter(reader.epoch(0)))
+    assert batch["source"].shape == batch["target"].shape == (2, 3, 16, 16)
+
+
 def test_workers_read_disjoint_equal_parts(dataset):
     parts = [epoch_pairs(dataset, 3, rank, world_size=2, batch_size=3) for rank in (0, 1)]
     assert len(parts[0]) == len(parts[1]) == (PAIRS // 2 // 3) * 3  # the same step count on both

@@ -224,6 +224,21 @@ def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):
 
 
 
+@pytest.mark.parametrize("widths, differs", [({"ngf": 16}, "ngf is 8, expected 16"),
+                                             ({"ndf": 16}, "ndf is 8, expected 16")])
+def test_resuming_another_architecture_is_refused_before_any_worker_starts(tmp_path, widths, differs):
+    from pix2pix.distributed.train import check_resume
+
+    model = Pix2Pix(TINY)
+    directory = storage.resolve(str(tmp_path / "run" / "checkpoint_0001"))
+    os.makedirs(directory.path)
+    checkpoint.save_training_state(model.state_dict(), directory)
+    checkpoint.export_generator(model.generator, model.export_info(), directory)
+    assert check_resume(storage.resolve(str(tmp_path / "run")), TINY) == 0  # the saved epoch
+    with pytest.raises(checkpoint.CheckpointError, match=f"cannot resume: .*{differs}.*--ndf"):
+        check_resume(storage.resolve(str(tmp_path / "run")), replace(TINY, **widths))
+
+
 def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
     from pix2pix.budget import Budget
     from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,10 +74,12 @@ def test_state_round_trip_resumes_identically(tmp_path):
         assert torch.equal(p, q)
 
 
-def test_resuming_with_another_architecture_is_refused():
+@pytest.mark.parametrize("network, widths", [("generator", {"ngf": 16}), ("discriminator", {"ndf": 16})])
+def test_resuming_with_another_architecture_is_refused(network, widths):
     state = Pix2Pix(TINY).state_dict()
-    with pytest.raises(ValueError, match="differs from the requested"):
-        Pix2Pix(TrainConfig(image_size=64, ngf=16, ndf=8, precision="fp32")).load_state_dict(state)
+    other = TrainConfig(**{**TINY.to_dict(), **widths})
+    with pytest.raises(ValueError, match=f"checkpoint's {network} .* differs from the requested .*--ndf"):
+        Pix2Pix(other).load_state_dict(state)
 
 
 def test_invalid_configs_fail_with_a_clear_message():
@@ -92,6 +95,17 @@ def test_default_depth_follows_image_size():
     assert TrainConfig(image_size=256).generator_depth == 8
     assert TrainConfig(image_size=128).generator_depth == 7
     assert TrainConfig(image_size=512).generator_depth == 8
+    assert TrainConfig(image_size=256, crop_size=128).generator_depth == 7  # what training sees
+
+
+def test_training_on_crops_then_translating_whole_images():
+    model = Pix2Pix(replace(TINY, crop_size=32))
+    losses = model.train_step(*batch(size=32))
+    assert all(torch.isfinite(value) for value in losses.values())
+    assert model.translate(batch(size=64)[0]).shape == (2, 3, 64, 64)
+    for bad, message in ((96, "between 1 and the image size"), (24, "crop size 24 is not a multiple of 2\\^4")):
+        with pytest.raises(ValueError, match=message):
+            replace(TINY, crop_size=bad).validate()
 
 
 def test_translate_is_deterministic_in_eval_mode():
@@ -114,12 +128,12 @@ def test_train_job_recipes_and_their_overrides():
     job = load_job("train")
     args = job.parse_args([])
     assert job.train_config(args, False, "paper") == TrainConfig()
-    compact = TrainConfig(ngf=32, ndf=32, lr=4e-4, palette_weight=3.0, upsample="resize")
+    compact = TrainConfig(ngf=32, ndf=16, lr=4e-4, palette_weight=3.0, upsample="resize")
     assert job.train_config(args, False, "compact") == compact
     demo = job.train_config(args, True, "compact")
     assert (demo.image_size, demo.ngf, demo.lr) == (128, 32, 4e-4)
     overridden = job.train_config(job.parse_args(["--ngf", "48", "--lr", "1e-3"]), False, "compact")
-    assert (overridden.ngf, overridden.ndf, overridden.lr) == (48, 32, 1e-3)
+    assert (overridden.ngf, overridden.ndf, overridden.lr) == (48, 16, 1e-3)
     assert default_recipe(use_gpu=True) == "paper" and default_recipe(use_gpu=False) == "compact"
 
 

@@ -262,7 +262,8 @@ def train_loop_per_worker(job: dict) -> None:
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
-                          config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda")
+                          config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
+                          crop_size=config.train.crop_size)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
     history: list[dict[str, float]] = []
     pairs_per_step = config.train.batch_size * world_size
@@ -387,8 +388,12 @@ def check_resume(run: storage.Location, config: TrainConfig, palette: dict | Non
     if latest is None:
         return 0
     info = checkpoint.read_export_info(latest)
+    saved = checkpoint.read_training_config(latest)  # None in checkpoints older than the file
     try:
         checkpoint.check_architecture(info.generator, config.generator_config(palette), latest.uri)
+        if saved is not None:
+            checkpoint.check_architecture(TrainConfig(**saved).discriminator_config(), config.discriminator_config(),
+                                          latest.uri)
     except checkpoint.CheckpointError as error:
         raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
                                          "--ngf/--ndf/--upsample), or use another --name to start a new run") from None

@@ -123,7 +123,7 @@ def _checkpoint_dir(directory: Path, step: int) -> None:
 
     config = GeneratorConfig(ngf=8, depth=6)
     location = storage.resolve(str(directory))
-    checkpoint.save_training_state({"step": step, "weights": torch.zeros(64)}, location)
+    checkpoint.save_training_state({"step": step, "weights": torch.zeros(64), "config": {}}, location)
     checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64, step=step), location)
 
 

@@ -213,7 +213,7 @@ def test_tampered_checkpoints_never_run_code_and_fail_clearly(tmp_path, record):
 
     # a truncated training state
     state = storage.resolve(str(tmp_path / "state"))
-    checkpoint.save_training_state({"step": 1, "weights": torch.ones(1000)}, state)
+    checkpoint.save_training_state({"step": 1, "weights": torch.ones(1000), "config": {}}, state)
     path = tmp_path / "state" / checkpoint.TRAINING_STATE_FILE
     path.write_bytes(path.read_bytes()[:700])
     with pytest.raises(checkpoint.CheckpointError, match="cannot read training_state.pt"):
