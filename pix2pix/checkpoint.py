@@ -229,13 +229,10 @@ def save_training_state(state: dict, directory: storage.Location) -> None:
     storage.write_text(directory.join(TRAINING_CONFIG_FILE), json.dumps(state["config"], indent=2))
 
 
-def read_training_config(directory: storage.Location) -> dict:
-    """The training configuration a checkpoint was saved with: its ``training.json``, or in a
-    checkpoint older than that file, the one inside the full training state."""
+def read_training_config(directory: storage.Location) -> dict | None:
+    """The training configuration a checkpoint was saved with (None: saved before it was recorded)."""
     location = directory.join(TRAINING_CONFIG_FILE)
-    if storage.exists(location):
-        return json.loads(storage.read_text(location))
-    return load_training_state(directory)["config"]
+    return json.loads(storage.read_text(location)) if storage.exists(location) else None
 
 
 def load_training_state(directory: storage.Location) -> dict:

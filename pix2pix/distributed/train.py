@@ -388,10 +388,12 @@ def check_resume(run: storage.Location, config: TrainConfig, palette: dict | Non
     if latest is None:
         return 0
     info = checkpoint.read_export_info(latest)
-    saved = TrainConfig(**checkpoint.read_training_config(latest))
+    saved = checkpoint.read_training_config(latest)  # None in checkpoints older than the file
     try:
         checkpoint.check_architecture(info.generator, config.generator_config(palette), latest.uri)
-        checkpoint.check_architecture(saved.discriminator_config(), config.discriminator_config(), latest.uri)
+        if saved is not None:
+            checkpoint.check_architecture(TrainConfig(**saved).discriminator_config(), config.discriminator_config(),
+                                          latest.uri)
     except checkpoint.CheckpointError as error:
         raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
                                          "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
