@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, defaults, storage  # noqa: E402
-from pix2pix.budget import Budget  # noqa: E402
+from pix2pix.budget import DECAY_FRACTION, Budget  # noqa: E402
 from pix2pix.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
 from pix2pix.palette import PaletteError, load_palette  # noqa: E402
 from pix2pix.training import RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
@@ -102,12 +102,15 @@ def parse_args(argv=None):
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
-                        "checkpoints included): the lr stays constant for the first half and decays linearly "
-                        "to 0 at the end, where the run stops with a final checkpoint; a resumed run keeps "
-                        "what is left")
+                        "checkpoints included): the lr stays constant, then decays linearly (see "
+                        "--decay-fraction) to 0 at the end, where the run stops with a final checkpoint; a "
+                        "resumed run keeps what is left")
     budget.add_argument("--max-pairs", type=int, default=None,
                         help="the same in training pairs seen (over all workers); with --max-minutes, whichever "
                         "runs out first")
+    budget.add_argument("--decay-fraction", type=float, default=DECAY_FRACTION,
+                        help="the last share of the budget over which the lr decays linearly to 0 (default: "
+                        f"{DECAY_FRACTION:g}, the paper's half and half; 1: from the first step)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
                         help=f"checkpoint every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs, "
                         "whose epochs take seconds)")
@@ -126,6 +129,8 @@ def parse_args(argv=None):
         parser.error("--palette-weight needs --palette (the classes it weighs)")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
+    if not 0 < args.decay_fraction <= 1:
+        parser.error("--decay-fraction must be in (0, 1]")
     for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints", "max_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -150,7 +155,8 @@ def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
 def job_budget(args) -> Budget | None:
     if args.max_minutes is None and args.max_pairs is None:
         return None
-    return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs)
+    return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs,
+                  decay_fraction=args.decay_fraction)
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ DECAY_FRACTION = 0.5  # the paper's shape: 100 epochs constant, 100 decaying
 class Budget:
     max_seconds: float | None = None  # wall clock from the job's start: start-up, validation, checkpoints included
     max_pairs: int | None = None      # training pairs seen, over all workers
+    decay_fraction: float = DECAY_FRACTION  # the budget's last share, over which the lr decays to 0
 
     def __post_init__(self):
         if self.max_seconds is None and self.max_pairs is None:
@@ -20,6 +21,8 @@ class Budget:
         if (self.max_seconds is not None and self.max_seconds <= 0) or (self.max_pairs is not None
                                                                          and self.max_pairs < 1):
             raise ValueError("a budget must be positive")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"the decay fraction must be in (0, 1], not {self.decay_fraction}")
 
     def used(self, seconds: float, pairs: int) -> float:
         """The share of the budget used (the larger of the two when both are given); 1 or more: spent."""
@@ -29,6 +32,9 @@ class Budget:
         if self.max_pairs is not None:
             shares.append(pairs / self.max_pairs)
         return max(shares)
+
+    def lr_factor(self, used: float) -> float:
+        return lr_factor(used, self.decay_fraction)
 
 
 def lr_factor(used: float, decay_fraction: float = DECAY_FRACTION) -> float:

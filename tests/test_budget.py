@@ -24,6 +24,16 @@ def test_constant_for_the_first_half_then_linear_to_zero():
     assert lr_factor(1.0) == 0.0 and lr_factor(1.5) == 0.0
 
 
+def test_a_budget_can_decay_over_another_share_of_it():
+    from_the_start = Budget(max_pairs=1000, decay_fraction=1.0)
+    assert [from_the_start.lr_factor(used) for used in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+    last_quarter = Budget(max_pairs=1000, decay_fraction=0.25)
+    assert last_quarter.lr_factor(0.75) == 1.0 and last_quarter.lr_factor(0.875) == pytest.approx(0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="decay fraction"):
+            Budget(max_pairs=1000, decay_fraction=bad)
+
+
 def test_a_budget_sets_the_learning_rate_and_the_epoch_schedule_stays_out():
     config = TrainConfig(image_size=64, ngf=8, ndf=8, depth=6, epochs=1, epochs_decay=1, precision="fp32")
     model = Pix2Pix(config, torch.device("cpu"))

@@ -212,6 +212,9 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
     assert completed.returncode == 1 and "no training shards" in completed.stderr
     completed = run_job("--learning-rate", "1")
     assert completed.returncode == 2 and len(completed.stderr.strip().splitlines()) == 1
+    completed = run_job("--max-pairs", "10", "--decay-fraction", "0")
+    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+        "train.py: error: --decay-fraction must be in (0, 1] (see --help)"]
 
 
 def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):

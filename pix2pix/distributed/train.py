@@ -34,7 +34,7 @@ import torch.distributed as dist
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity, session
 from pix2pix.distributed.trainer import JobTrainer
-from pix2pix.budget import Budget, lr_factor
+from pix2pix.budget import Budget
 from pix2pix.metrics import MetricAccumulator
 from pix2pix.precision import set_threads
 from pix2pix.progress import duration
@@ -156,7 +156,7 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
             used = clock.used(model.step)
             if used >= 1.0:
                 break
-            model.set_learning_rate_factor(lr_factor(used))
+            model.set_learning_rate_factor(clock.budget.lr_factor(used))
         asked = time.perf_counter()
         batch = next(batches, None)
         waits.append(time.perf_counter() - asked)
