@@ -92,6 +92,7 @@ class TrainConfig:
     palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
     palette_temperature: float = 0.1
     palette_balance: float = 1.0  # the power of the palette term's median-frequency class weights
+    palette_iou_weight: float = 0.0  # > 0 (with a palette): a soft-IoU term on the palette term's classes
     palette_output: bool = False  # with a palette: G outputs class logits (GeneratorConfig.palette)
 
     @property
@@ -127,9 +128,9 @@ class TrainConfig:
             raise ValueError("epochs + epochs_decay must be at least 1")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
             raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
-        if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance) < 0 \
+        if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance, self.palette_iou_weight) < 0 \
                 or self.palette_temperature <= 0:
-            raise ValueError("the EMA decay must be in [0, 1), the palette weight and balance >= 0 and its "
+            raise ValueError("the EMA decay must be in [0, 1), the palette weights and balance >= 0 and its "
                              "temperature > 0")
 
     def to_dict(self) -> dict:
@@ -195,10 +196,10 @@ class Pix2Pix:
             self.device, memory_format=self.memory_format)
         self.generator_average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay else None
         self.palette_term = None
-        if config.palette_weight > 0 and palette:
+        if max(config.palette_weight, config.palette_iou_weight) > 0 and palette:
             weights = class_weights if class_weights is not None else [1.0] * len(palette)
             self.palette_term = PaletteTerm.build(palette, weights, config.palette_weight,
-                                                  config.palette_temperature, self.device)
+                                                  config.palette_temperature, self.device, config.palette_iou_weight)
         self.generator_step = wrap(self.generator)
         self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
         betas = (config.beta1, 0.999)
@@ -277,7 +278,9 @@ class Pix2Pix:
 
     @property
     def loss_names(self) -> tuple[str, ...]:
-        return LOSS_NAMES + (("G_palette",) if self.palette_term is not None else ())
+        term = self.palette_term
+        palette_names = (("G_palette",) + (("G_palette_iou",) if term.iou_weight else ())) if term else ()
+        return LOSS_NAMES + palette_names
 
     @property
     def inference_generator(self) -> nn.Module:

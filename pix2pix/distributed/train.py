@@ -317,9 +317,8 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "G_palette", "D_real", "D_fake", "val_L1",
-             "val_PSNR",
-             "val_SSIM", "val_mIoU",
+    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "G_palette", "G_palette_iou", "D_real", "D_fake",
+             "val_L1", "val_PSNR", "val_SSIM", "val_mIoU",
              *sorted(name for name in metrics if name.startswith("val_IoU/")), "pairs_per_s",
              "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
              "input_wait_fraction"]
