@@ -1,6 +1,7 @@
 """A training budget a user gives (minutes, pairs) and the paper's schedule fitted into it:
-the learning rate is constant for the first half of the budget, then decays linearly to zero
-at its end, so a run that stops at its budget ends at lr 0 instead of mid-schedule."""
+the learning rate is constant, then decays linearly to zero over the budget's last share (half
+by default, as in the paper), so a run that stops at its budget ends at lr 0 instead of
+mid-schedule."""
 
 from __future__ import annotations
 
