@@ -38,6 +38,7 @@ CANDIDATES = {
     "crop128": "--crop-size 128",  # train on 128 px crops (a 7-level U-Net), validate and translate at 256
     "decay1": "--decay-fraction 1",  # the budget's lr decays linearly from the first step (not half and half)
     "iou3": "--palette-iou-weight 3",  # a soft-IoU term beside the palette cross-entropy
+    "square": "--flips square",  # the square's eight symmetries instead of horizontal flips only
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")
 

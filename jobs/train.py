@@ -19,7 +19,7 @@ from pix2pix import cli, defaults, storage  # noqa: E402
 from pix2pix.budget import DECAY_FRACTION, Budget  # noqa: E402
 from pix2pix.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
 from pix2pix.palette import PaletteError, load_palette  # noqa: E402
-from pix2pix.training import RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
+from pix2pix.training import FLIPS, RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
 
 DEFAULTS = TrainConfig()  # the paper's recipe, except instance norm
 # A Recife epoch is ~20 s on one GPU and a checkpoint of the paper's widths ~0.9 GB (G, D, Adam
@@ -66,6 +66,9 @@ def parse_args(argv=None):
                         help=f"pairs are resized to this for validation and inference (default: {DEFAULTS.image_size})")
     recipe.add_argument("--crop-size", type=int, default=None,
                         help="training crop of the pair resized to 286/256 of the image size (default: the image size)")
+    recipe.add_argument("--flips", choices=FLIPS, default=DEFAULTS.flips,
+                        help="training flips: the paper's random horizontal flip, or square: one of the eight "
+                        "rotations and reflections of the square, for tiles that have no up (default: %(default)s)")
     recipe.add_argument("--norm", choices=NORM_KINDS, default=DEFAULTS.norm,
                         help="instance keeps tiles independent of batch mates; batch is the paper's")
     recipe.add_argument("--ngf", type=int, default=None, help="generator width (default: the recipe's)")
@@ -112,7 +115,7 @@ def parse_args(argv=None):
     budget.add_argument("--max-pairs", type=int, default=None,
                         help="the same in training pairs seen (over all workers); with --max-minutes, whichever "
                         "runs out first")
-    budget.add_argument("--decay-fraction", type=float, default=DECAY_FRACTION,
+    budget.add_argument("--decay-fraction", type=float, default=None,
                         help="the last share of the budget over which the lr decays linearly to 0 (default: "
                         f"{DECAY_FRACTION:g}, the paper's half and half; 1: from the first step)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
@@ -134,8 +137,11 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} needs --palette (the classes it weighs)")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
-    if not 0 < args.decay_fraction <= 1:
-        parser.error("--decay-fraction must be in (0, 1]")
+    if args.decay_fraction is not None:
+        if args.max_minutes is None and args.max_pairs is None:
+            parser.error("--decay-fraction needs --max-minutes or --max-pairs (the budget it shares out)")
+        if not 0 < args.decay_fraction <= 1:
+            parser.error("--decay-fraction must be in (0, 1]")
     for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints", "max_pairs"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -143,7 +149,7 @@ def parse_args(argv=None):
     return args
 
 
-CONFIG_FLAGS = ("image_size", "crop_size", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr",
+CONFIG_FLAGS = ("image_size", "crop_size", "flips", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr",
                 "upsample", "ema_decay", "palette_weight", "palette_temperature", "palette_balance",
                 "palette_iou_weight", "palette_output", "norm", "dropout", "beta1", "lambda_l1", "precision",
                 "channels_last", "seed")
@@ -162,7 +168,7 @@ def job_budget(args) -> Budget | None:
     if args.max_minutes is None and args.max_pairs is None:
         return None
     return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs,
-                  decay_fraction=args.decay_fraction)
+                  decay_fraction=DECAY_FRACTION if args.decay_fraction is None else args.decay_fraction)
 
 
 def main() -> int:

@@ -102,10 +102,13 @@ def load_size_for(image_size: int) -> int:
 
 
 def paired_transform(image_size: int, train: bool, seed: int | None = None,
-                     target_interpolation: int = cv2.INTER_NEAREST, crop_size: int | None = None) -> A.Compose:
+                     target_interpolation: int = cv2.INTER_NEAREST, crop_size: int | None = None,
+                     flips: str = "horizontal") -> A.Compose:
     """The paper's augmentation, identical for source and target: resize to 286, random
     crop 256, random horizontal flip. Evaluation and inference: resize only. ``crop_size``
-    (training): a smaller random crop of the resized pair (None: ``image_size``).
+    (training): a smaller random crop of the resized pair (None: ``image_size``); ``flips``
+    "square" (training): one of the square's eight symmetries (rotations by 90 degrees and
+    reflections) instead of the horizontal flip, for aerial tiles, which have no up.
 
     The target is resized with nearest-neighbour interpolation: maps are flat colours, and a
     cubic resize invents in-between colours along every class edge (2.5% of a Recife map's
@@ -117,7 +120,7 @@ def paired_transform(image_size: int, train: bool, seed: int | None = None,
         steps = [
             A.Resize(load, load, **interpolation),
             A.RandomCrop(crop_size or image_size, crop_size or image_size),
-            A.HorizontalFlip(p=0.5),
+            A.HorizontalFlip(p=0.5) if flips == "horizontal" else A.SquareSymmetry(p=1.0),
         ]
     else:
         steps = [A.Resize(image_size, image_size, **interpolation)]

@@ -72,10 +72,14 @@ def palette_scores(fake: Tensor, target: Tensor, term: PaletteTerm,
     return logits, classes
 
 
-def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm, class_logits: Tensor | None = None) -> Tensor:
+def palette_cross_entropy(logits: Tensor, classes: Tensor, term: PaletteTerm) -> Tensor:
     """The class-balanced cross-entropy over the palette's classes."""
-    logits, classes = palette_scores(fake, target, term, class_logits)
     return F.cross_entropy(logits, classes, weight=term.class_weights)
+
+
+def palette_loss(fake: Tensor, target: Tensor, term: PaletteTerm, class_logits: Tensor | None = None) -> Tensor:
+    """``palette_cross_entropy`` of an output against its target."""
+    return palette_cross_entropy(*palette_scores(fake, target, term, class_logits), term)
 
 
 def soft_iou_loss(logits: Tensor, classes: Tensor) -> Tensor:
@@ -100,7 +104,7 @@ def generator_loss(
     parts = {"G_GAN": gan.detach(), "G_L1": l1.detach()}
     if palette is not None:
         logits, classes = palette_scores(fake, target, palette, class_logits)
-        cross_entropy = F.cross_entropy(logits, classes, weight=palette.class_weights)
+        cross_entropy = palette_cross_entropy(logits, classes, palette)
         loss = loss + palette.weight * cross_entropy
         parts["G_palette"] = cross_entropy.detach()
         if palette.iou_weight > 0:

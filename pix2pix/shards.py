@@ -126,10 +126,11 @@ class TrainingPairs:
     (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work)."""
 
     def __init__(self, data_uri: str, shards: Shards, image_size: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, pin_memory: bool = False, crop_size: int | None = None):
+                 rank: int = 0, world_size: int = 1, pin_memory: bool = False, crop_size: int | None = None,
+                 flips: str = "horizontal"):
         self.filesystem = storage.resolve(data_uri).filesystem
         self.shards, self.image_size, self.batch_size, self.seed = shards, image_size, batch_size, seed
-        self.crop_size = crop_size
+        self.crop_size, self.flips = crop_size, flips
         self.rank, self.pin_memory = rank, pin_memory
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
 
@@ -139,7 +140,8 @@ class TrainingPairs:
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment_seed = key_hash(f"{self.seed}/{epoch}/{self.rank}")
-        transform = paired_transform(self.image_size, train=True, seed=augment_seed, crop_size=self.crop_size)
+        transform = paired_transform(self.image_size, train=True, seed=augment_seed, crop_size=self.crop_size,
+                                     flips=self.flips)
         slices = epoch_slices(self.shards, self.seed, epoch, self.rank, self.batches * self.batch_size)
         pending: list[dict] = []
         with ThreadPoolExecutor(max_workers=1) as reader:  # the next shard is read while this one decodes

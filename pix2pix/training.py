@@ -53,6 +53,8 @@ RECIPES: dict[str, dict[str, float | str]] = {
 }
 
 
+FLIPS = ("horizontal", "square")  # data.paired_transform's training flips
+
 # The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
 DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
 
@@ -73,6 +75,7 @@ def default_recipe(use_gpu: bool) -> str:
 class TrainConfig:
     image_size: int = 256  # validation and inference; training crops it from the pair resized to 286
     crop_size: int | None = None  # the training crop (None: image_size); G and D are fully convolutional
+    flips: str = "horizontal"  # the training flips (FLIPS): the paper's, or all eight of the square's
     ngf: int = 64
     ndf: int = 64
     depth: int | None = None  # None: log2(image_size), at most 8 (unet_256 for 256 px)
@@ -121,6 +124,8 @@ class TrainConfig:
                 raise ValueError(f"the crop size must be between 1 and the image size ({self.image_size})")
             check_image_size(self.crop_size, self.generator_depth, "crop size")
         self.generator_config(), self.discriminator_config()
+        if self.flips not in FLIPS:
+            raise ValueError(f"flips must be one of {', '.join(FLIPS)}, not {self.flips!r}")
         for name in ("epochs", "epochs_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")

@@ -119,6 +119,27 @@ def bright_left(image: np.ndarray) -> bool:
     return bool(image[:, :4].mean() > image[:, -4:].mean())
 
 
+def bright_corner(image: np.ndarray) -> tuple[int, int]:
+    """Which quadrant (row, column) holds the bright marker."""
+    half = image.shape[0] // 2
+    means = {(r, c): image[r * half:(r + 1) * half, c * half:(c + 1) * half].mean() for r in (0, 1) for c in (0, 1)}
+    return max(means, key=means.get)
+
+
+@pytest.mark.parametrize("flips, corners", [("horizontal", {(0, 0), (0, 1)}),
+                                            ("square", {(0, 0), (0, 1), (1, 0), (1, 1)})])
+def test_square_flips_also_rotate_source_and_target_alike(flips, corners):
+    marker = np.zeros((64, 64, 3), dtype=np.uint8)
+    marker[:16, :16] = 255  # top left: a horizontal flip moves it right, a quarter turn down too
+    transform = data.paired_transform(64, train=True, seed=4, flips=flips)
+    seen = set()
+    for _ in range(40):
+        source, target = data.augment_pair(transform, marker, marker)
+        assert bright_corner(target) == bright_corner(source)
+        seen.add(bright_corner(source))
+    assert seen == corners
+
+
 def test_eval_transform_resizes_only(rgb):
     source, target = data.augment_pair(data.paired_transform(64, train=False), rgb, rgb)
     assert source.shape == target.shape == (64, 64, 3)

@@ -215,6 +215,9 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
     completed = run_job("--max-pairs", "10", "--decay-fraction", "0")
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "train.py: error: --decay-fraction must be in (0, 1] (see --help)"]
+    completed = run_job("--decay-fraction", "0.25")
+    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+        "train.py: error: --decay-fraction needs --max-minutes or --max-pairs (the budget it shares out) (see --help)"]
 
 
 def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):

@@ -87,6 +87,8 @@ def test_invalid_configs_fail_with_a_clear_message():
         TrainConfig(image_size=96, depth=6).validate()
     with pytest.raises(ValueError, match="at least 1"):
         TrainConfig(epochs=0, epochs_decay=0).validate()
+    with pytest.raises(ValueError, match="flips must be one of horizontal, square, not 'vertical'"):
+        TrainConfig(flips="vertical").validate()
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp16"))
 

@@ -263,7 +263,7 @@ def train_loop_per_worker(job: dict) -> None:
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
                           config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
-                          crop_size=config.train.crop_size)
+                          crop_size=config.train.crop_size, flips=config.train.flips)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
     history: list[dict[str, float]] = []
     pairs_per_step = config.train.batch_size * world_size
