@@ -91,20 +91,32 @@ def autoscaling_head(head_resources: dict, worker_types: dict[str, dict], idle_t
         os.unlink(file.name)
 
 
-def worker_nodes(address: str) -> list[dict]:
-    """Every worker node the cluster has had (alive or dead), from Ray's state API. The head
+def _state(address: str, resource: str) -> list[dict]:
+    """Every entry of one kind (nodes, actors; alive or dead) from Ray's state API. The head
     started by `ray start` uses token authentication with the token `ray start` generated."""
     from ray.util.state import StateApiClient
     from ray.util.state.common import ListApiOptions, StateResource
 
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     client = StateApiClient(address=address, headers={"Authorization": f"Bearer {token}"})
-    nodes = client.list(StateResource.NODES, ListApiOptions(detail=True, limit=1000), raise_on_missing_output=False)
-    return [node if isinstance(node, dict) else node.__dict__ for node in nodes if not _field(node, "is_head_node")]
+    entries = client.list(StateResource(resource), ListApiOptions(detail=True, limit=1000),
+                          raise_on_missing_output=False)
+    return [entry if isinstance(entry, dict) else entry.__dict__ for entry in entries]
 
 
-def _field(node, name: str):
-    return node[name] if isinstance(node, dict) else getattr(node, name)
+def worker_nodes(address: str) -> list[dict]:
+    """Every worker node the cluster has had (alive or dead)."""
+    return [node for node in _state(address, "nodes") if not node["is_head_node"]]
+
+
+def head_node_id(address: str) -> str:
+    [head] = [node["node_id"] for node in _state(address, "nodes") if node["is_head_node"]]
+    return head
+
+
+def actor_nodes(address: str, class_name: str) -> list[str]:
+    """The node ids of every actor of that class the cluster has had (alive or dead)."""
+    return [actor["node_id"] for actor in _state(address, "actors") if actor["class_name"] == class_name]
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 1.0):

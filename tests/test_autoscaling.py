@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.autoscaling_cluster import aws_node_types, autoscaling_head, scaled_node_types, wait_until, worker_nodes
+from tests.autoscaling_cluster import (
+    actor_nodes, aws_node_types, autoscaling_head, head_node_id, scaled_node_types, wait_until, worker_nodes,
+)
 from tests.conftest import REPO
 from tests.ray_head import VENV_BIN
 
@@ -111,6 +113,9 @@ def test_the_city_pipeline_scales_cpu_nodes_up_from_zero_and_back(cluster, works
     assert stages["train"][2]["recipe"] == {"name": "compact", "ngf": 8, "ndf": 8, "lr": 0.0004}
     assert stages["translate"][2]["written"] == len(tiles) and stages["translate"][2]["failed"] == 0
     assert len(list(maps.rglob("*.png"))) == len(tiles)
+    # The job's zero-CPU helper lived beside the driver (on the head), not on a node the
+    # autoscaler retires once idle: there it failed a job that had written every tile.
+    assert actor_nodes(address, "PlanTally") == [head_node_id(address)]
 
     wait_until(lambda: all(node["state"] == "DEAD" for node in worker_nodes(address)), IDLE_TIMEOUT_S + 90,
                "the idle nodes to be terminated")

@@ -10,6 +10,7 @@ import time
 
 import ray
 
+from pix2pix.distributed.session import on_driver_node
 from pix2pix.progress import progress_line
 
 PROGRESS_SECONDS = 10.0
@@ -36,12 +37,13 @@ class TranslateProgress:
     def __init__(self, shards: int, counts: dict, stream=None):
         self.shards, self.counts = shards, counts
         self.stream = stream or sys.stdout
-        self.tally = PlanTally.remote() if shards else None
+        self.tally = PlanTally.options(scheduling_strategy=on_driver_node()).remote() if shards else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._planned = (0, 0)
         self._first: tuple[float, int] | None = None  # (time, written) when writing began
         self._terminal = self.stream.isatty()
+        self._tally_lost = False
 
     def __enter__(self) -> TranslateProgress:
         self._thread.start()
@@ -55,7 +57,7 @@ class TranslateProgress:
         if self._terminal:
             self.stream.write("\n")
         if self.tally is not None:
-            ray.kill(self.tally)
+            ray.kill(self.tally)  # a dead actor is not an error here
 
     def _run(self) -> None:
         while not self._stop.wait(PROGRESS_SECONDS):
@@ -67,6 +69,10 @@ class TranslateProgress:
                 self._planned = ray.get(self.tally.totals.remote(), timeout=5)
             except ray.exceptions.GetTimeoutError:
                 pass  # the last totals will do
+            except ray.exceptions.RayError as error:  # the tally is gone: the job goes on without totals
+                self.tally, self._tally_lost = None, True
+                self._say(f"translate: progress goes on without the planned total (its tally actor is gone: "
+                          f"{type(error).__name__})")
         planned_shards, planned_tiles = self._planned
         done = sum(self.counts.get(status, 0) for status in ("written", "skipped", "failed"))
         written, now = self.counts.get("written", 0), time.monotonic()
@@ -77,7 +83,7 @@ class TranslateProgress:
             else None
         total = planned_tiles if planned_shards == self.shards else None
         line = progress_line("translate", done, total, rate, "tiles")
-        if total is None:
+        if total is None and not self._tally_lost:
             line += f" (planning: {planned_shards}/{self.shards} input shards listed, {planned_tiles} tiles so far)"
         return line
 
@@ -87,4 +93,9 @@ class TranslateProgress:
             self.stream.write("\r" + line.ljust(100))
         else:
             self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _say(self, message: str) -> None:
+        """A line of its own, also on a terminal (where the progress line rewrites itself)."""
+        self.stream.write(("\n" if self._terminal else "") + message + "\n")
         self.stream.flush()

@@ -7,6 +7,7 @@ import os
 
 import ray
 from ray._private import services
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 _owns_instance = False
@@ -49,3 +50,10 @@ def init(verbose: bool = False) -> None:
 def owns_instance() -> bool:
     """Whether init() started the Ray instance this process runs on (it ends with the process)."""
     return _owns_instance
+
+
+def on_driver_node() -> NodeAffinitySchedulingStrategy:
+    """The scheduling strategy for a job's helper actors (progress, tallies): the driver's own
+    node, as Ray Train pins its controller. A zero-CPU actor does not keep an autoscaled node
+    busy: elsewhere the autoscaler may retire its node, and the actor with it."""
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)

@@ -97,6 +97,31 @@ def test_inference_actor_and_decode_worker_killed_mid_run(corpus, fault_proxy, t
            "(lost 24 tiles silently before the fix)", "none", kills["reader"][1])
 
 
+@pytest.mark.timeout(240)
+def test_progress_tally_killed_mid_run_the_job_still_finishes(corpus, fault_proxy, tmp_path, record, capsys):
+    """SIGKILL the zero-CPU actor that tallies the planned tiles (as an autoscaler retiring its
+    node would) while the run is in flight: progress goes on without a total, said once, and
+    the job writes every tile and returns its summary."""
+    proxy = fault_proxy(NO_FAULTS)
+    proxy.hold(second_half)
+    out = tmp_path / "out"
+    run = Background(translate, corpus["s3"], str(out), corpus["model"])
+    [tally] = wait_for(lambda: actor_pids("PlanTally"), 120, "the plan tally actor", background=run)
+    kill(tally)
+    killed_at = time.monotonic()
+    wait_for(lambda: len(visible_files(out)) == HALF and proxy.stats.held, 120,
+             "the first half written and the rest held", background=run)
+    proxy.release()
+    summary = run.result(timeout=180)
+    assert (summary["written"], summary["failed"], summary["skipped"]) == (TILES, 0, 0), summary
+    assert contents(out) == corpus["reference"]
+    printed = capsys.readouterr().out
+    assert printed.count("progress goes on without the planned total") == 1, printed
+    record("translate: the progress tally actor SIGKILLed mid-run",
+           f"progress went on without a total; {TILES}/{TILES} tiles written, rc 0 "
+           "(the job failed at its last progress line before the fix)", "none", time.monotonic() - killed_at)
+
+
 @pytest.mark.timeout(300)
 def test_driver_killed_at_half_then_rerun_writes_only_the_missing_tiles(corpus, fault_proxy, tmp_path, record):
     """Kill the whole driver (its process group) once half the tiles are written; a rerun writes
