@@ -32,12 +32,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.translate_bench import RECIFE, fitted_export, slice_scenes  # noqa: E402
 from bench.train_bench import cpu_flags  # noqa: E402
+from bench.translate_bench import RECIFE, fitted_export, slice_scenes  # noqa: E402
 from pix2pix import checkpoint, storage  # noqa: E402
-from pix2pix.data import encode_image  # noqa: E402
-from pix2pix.palette import palette_classes  # noqa: E402
-from pix2pix.palette import RECIFE_PALETTE, encode_paletted_png  # noqa: E402
+from pix2pix.images import encode_image  # noqa: E402
+from pix2pix.model.export import ExportInfo  # noqa: E402
+from pix2pix.model.palette import (  # noqa: E402
+    RECIFE_PALETTE,
+    encode_paletted_png,
+    palette_classes,  # noqa: E402
+)
 
 
 def timed(function, items, repeats: int = 3) -> tuple[float, int]:
@@ -111,7 +115,7 @@ def main() -> None:
         fitted = fitted_export(root / "fitted", ngf=32, depth=8, steps=args.steps)
         generator, info = checkpoint.load_generator(fitted)
         model = str(root / "model")
-        checkpoint.export_generator(generator, checkpoint.ExportInfo(info.generator, info.image_size,
+        checkpoint.export_generator(generator, ExportInfo(info.generator, info.image_size,
                                                                      palette=RECIFE_PALETTE), storage.resolve(model))
         print(json.dumps({"encoding": encoding_figures(model)}), flush=True)
         runs = {"paletted": [], "raw": []}

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from pix2pix.precision import native_precisions  # noqa: E402
-from pix2pix.training import Pix2Pix, TrainConfig, sample_grid  # noqa: E402
+from pix2pix.model.precision import native_precisions  # noqa: E402
+from pix2pix.training.step import Pix2Pix, TrainConfig, sample_grid  # noqa: E402
 
 
 def emit(**fields) -> None:

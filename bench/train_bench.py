@@ -9,7 +9,7 @@ jobs/prepare.py, then bare loop, job, bare loop, job, bare loop. The job is `job
 with its default flags; the first job trains epoch 1 of a new run, the second resumes it and
 trains epoch 2 (each is stopped once its epoch line, printed after the checkpoint and the
 validation, appears). The bare loop is Pix2Pix.train_step in this process, same recipe,
-precision and threads, on the same shards through the same reader (pix2pix/shards.py), so
+precision and threads, on the same shards through the same reader (pix2pix/training/shards.py), so
 it decodes and augments the real pairs while it trains. The CPU share of every process is read
 from /proc for 30 s in the middle of each job's epoch.
 
@@ -45,9 +45,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-from pix2pix.data import paired_transform, preprocess_records  # noqa: E402
-from pix2pix.precision import cpu_has_native_bf16, set_threads  # noqa: E402
-from pix2pix.training import Pix2Pix, TrainConfig  # noqa: E402
+from pix2pix.model.precision import cpu_has_native_bf16, set_threads  # noqa: E402
+from pix2pix.training.augmentation import paired_transform, preprocess_records  # noqa: E402
+from pix2pix.training.step import Pix2Pix, TrainConfig  # noqa: E402
 
 RECIFE = REPO.parent / "shared" / "data" / "recife"
 CPU_WINDOW_S = 30.0
@@ -83,7 +83,7 @@ def cpu_shares(seconds: float) -> list[tuple[str, float]]:
 
 def bare_real(config: TrainConfig, data: str, threads: int, pairs: int, epoch: int, warmup: int = 5) -> float:
     """Pairs/s of the library's loop reading, decoding and augmenting the prepared shards."""
-    from pix2pix.shards import TrainingPairs, find_shards
+    from pix2pix.training.shards import TrainingPairs, find_shards
 
     set_threads(threads)
     model = Pix2Pix(config)
@@ -130,7 +130,7 @@ def run_job(data: str, runs: str) -> dict:
 
 
 def real_size(args) -> dict:
-    from pix2pix.training import RECIPES, default_recipe
+    from pix2pix.training.step import RECIPES, default_recipe
 
     work = Path(tempfile.mkdtemp(prefix="train-bench-real-"))
     data, runs = str(work / "data"), str(work / "runs")
@@ -311,9 +311,8 @@ def main() -> None:
             "bare_fp32_before_pairs_per_s": bare_loop(fp32, batches, args.threads),
             "bare_bf16_pairs_per_s": bare_loop(bf16, batches, args.threads),
         }
-        from pix2pix.distributed.prepare import prepare
-
         from pix2pix.distributed import session
+        from pix2pix.distributed.prepare import prepare
 
         session.init()
         prepare(str(work / "raw"), str(work / "data"), val_fraction=0.0)

@@ -39,11 +39,10 @@ SCENE_ZOOM = 17
 def slice_scenes(root: Path, columns_limit: int | None = None, copies: int = 2) -> int:
     """The three 4800x1890 scenes as 256 px XYZ tiles (18x7 each), stacked along y; ``copies``
     zoom levels of them, so that start-up is a small part of a run."""
+    import numpy as np
     from PIL import Image
 
-    from pix2pix.data import encode_image
-
-    import numpy as np
+    from pix2pix.images import encode_image
 
     count = 0
     for index, scene_path in enumerate(sorted((RECIFE / "scenes").glob("*.jpg"))):
@@ -77,7 +76,8 @@ def fitted_export(directory: Path, ngf: int, depth: int, steps: int) -> str:
     from PIL import Image
 
     from pix2pix import checkpoint, storage
-    from pix2pix.networks import GeneratorConfig, UNetGenerator
+    from pix2pix.model.export import ExportInfo
+    from pix2pix.model.networks import GeneratorConfig, UNetGenerator
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -94,7 +94,7 @@ def fitted_export(directory: Path, ngf: int, depth: int, steps: int) -> str:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    checkpoint.export_generator(generator.eval(), checkpoint.ExportInfo(config, image_size=TILE),
+    checkpoint.export_generator(generator.eval(), ExportInfo(config, image_size=TILE),
                                 storage.resolve(str(directory)))
     return str(directory)
 
@@ -107,11 +107,11 @@ def bare_loop(input_dir: str, output_dir: str, checkpoint_uri: str, threads: int
     import numpy as np
 
     from pix2pix import checkpoint, storage
-    from pix2pix.data import decode_image, encode_image
     from pix2pix.distributed.translate_stages import RGB_PNG_LEVEL
-    from pix2pix.precision import resolve_precision, set_threads
-    from pix2pix.keys import output_key
-    from pix2pix.translation import Translator
+    from pix2pix.images import decode_image, encode_image
+    from pix2pix.model.precision import resolve_precision, set_threads
+    from pix2pix.tiles.keys import output_key
+    from pix2pix.tiles.translation import Translator
 
     started = time.perf_counter()
     set_threads(threads)
@@ -152,8 +152,8 @@ def precision_probe(checkpoint_uri: str, threads: int) -> dict:
     import numpy as np
 
     from pix2pix import checkpoint
-    from pix2pix.precision import cpu_has_native_bf16, set_threads
-    from pix2pix.translation import Translator
+    from pix2pix.model.precision import cpu_has_native_bf16, set_threads
+    from pix2pix.tiles.translation import Translator
 
     set_threads(threads)
     generator, _ = checkpoint.load_generator(checkpoint_uri)

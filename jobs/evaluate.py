@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults  # noqa: E402
+from pix2pix import cli, demo_paths  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from pix2pix.evaluation import BATCH_SIZE, EvaluateOptions, evaluate
 
     if args.data is None:
-        args.data, args.checkpoint = defaults.DEMO_DATA, f"{defaults.DEMO_RUNS}/{defaults.DEMO_RUN_NAME}"
+        args.data, args.checkpoint = demo_paths.DEMO_DATA, f"{demo_paths.DEMO_RUNS}/{demo_paths.DEMO_RUN_NAME}"
     grid = (args.grid or f"evaluate-{args.split}.png") if args.grid_count else None
     summary = evaluate(EvaluateOptions(
         data=args.data, checkpoint=args.checkpoint, split=args.split, palette=args.palette,

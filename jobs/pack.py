@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults, storage  # noqa: E402
+from pix2pix import cli, demo_paths, storage  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     if (args.input is None) != (args.output is None):
         parser.error("give --input and --output together, or neither for the demo")
     if args.input is None:
-        args.input, args.output = defaults.DEMO_TRANSLATED, defaults.DEMO_TRANSLATED + ".pmtiles"
+        args.input, args.output = demo_paths.DEMO_TRANSLATED, demo_paths.DEMO_TRANSLATED + ".pmtiles"
     if not args.output.endswith(".pmtiles"):
         parser.error("--output must end in .pmtiles")
     return args
@@ -39,7 +39,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pix2pix.tileset import TileSetError, archive_metadata, folder_palette, read_tiles, scan, write_pmtiles
+    from pix2pix.tiles.tileset import (
+        TileSetError,
+        archive_metadata,
+        folder_palette,
+        read_tiles,
+        scan,
+        write_pmtiles,
+    )
 
     started = time.perf_counter()
     source, target = storage.resolve(args.input), storage.resolve(args.output)
@@ -72,8 +79,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.palette import PaletteError
+    from pix2pix.model.palette import PaletteError
     from pix2pix.storage import StorageError
-    from pix2pix.tileset import TileSetError
+    from pix2pix.tiles.tileset import TileSetError
 
     cli.run(main, (TileSetError, StorageError, PaletteError))

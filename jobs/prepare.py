@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli  # noqa: E402
-from pix2pix.data import DIRECTIONS, LAYOUTS  # noqa: E402
+from pix2pix.training.pairs import DIRECTIONS, LAYOUTS  # noqa: E402
 
 
 def parse_args(argv=None):

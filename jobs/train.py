@@ -15,11 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults, storage  # noqa: E402
-from pix2pix.budget import DECAY_FRACTION, Budget  # noqa: E402
-from pix2pix.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
-from pix2pix.palette import PaletteError, load_palette  # noqa: E402
-from pix2pix.training import FLIPS, RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
+from pix2pix import cli, demo_paths, storage  # noqa: E402
+from pix2pix.model.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
+from pix2pix.model.palette import PaletteError  # noqa: E402
+from pix2pix.palette_files import load_palette  # noqa: E402
+from pix2pix.training.budget import DECAY_FRACTION, Budget  # noqa: E402
+from pix2pix.training.step import FLIPS, RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
 
 DEFAULTS = TrainConfig()  # the paper's recipe, except instance norm
 # A Recife epoch is ~20 s on one GPU and a checkpoint of the paper's widths ~0.9 GB (G, D, Adam
@@ -177,8 +178,8 @@ def main() -> int:
     demo = args.data is None
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
     palette = load_palette(args.palette or ("recife" if demo else None))
-    from pix2pix import shards
     from pix2pix.distributed import session, train
+    from pix2pix.training import shards
 
     if not demo:
         shards.find_shards(args.data)  # before starting Ray: a wrong URI fails in a second
@@ -186,11 +187,11 @@ def main() -> int:
     if demo:
         from pix2pix.distributed.prepare import prepare_demo
 
-        args.data = defaults.DEMO_DATA
-        if not storage.exists(storage.resolve(defaults.DEMO_DATA).join("train")):
+        args.data = demo_paths.DEMO_DATA
+        if not storage.exists(storage.resolve(demo_paths.DEMO_DATA).join("train")):
             prepare_demo()
-    storage_uri = args.storage or defaults.DEMO_RUNS
-    name = args.name or defaults.DEMO_RUN_NAME
+    storage_uri = args.storage or demo_paths.DEMO_RUNS
+    name = args.name or demo_paths.DEMO_RUN_NAME
     resources = train.plan_on_cluster(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
     recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
     config = train_config(args, demo, recipe)
@@ -226,9 +227,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.checkpoint import CheckpointError
     from pix2pix.distributed.capacity import CapacityError
     from pix2pix.distributed.prepare import PrepareError
-    from pix2pix.shards import DatasetError
+    from pix2pix.model.export import CheckpointError
+    from pix2pix.training.shards import DatasetError
 
     cli.run(main, (CheckpointError, PrepareError, DatasetError, PaletteError, CapacityError))

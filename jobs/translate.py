@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults  # noqa: E402
-from pix2pix.keys import OUTPUT_EXTENSIONS  # noqa: E402
-from pix2pix.translation import ON_SIZE  # noqa: E402
+from pix2pix import cli, demo_paths  # noqa: E402
+from pix2pix.tiles.keys import OUTPUT_EXTENSIONS  # noqa: E402
+from pix2pix.tiles.translation import ON_SIZE  # noqa: E402
 
-DEMO_INPUT = os.path.join(defaults.DEMO_TILES, "sat")
-DEMO_CHECKPOINT = os.path.join(defaults.DEMO_RUNS, defaults.DEMO_RUN_NAME)
-DEMO_PREVIEW = defaults.DEMO_TRANSLATED + "-preview.png"
+DEMO_INPUT = os.path.join(demo_paths.DEMO_TILES, "sat")
+DEMO_CHECKPOINT = os.path.join(demo_paths.DEMO_RUNS, demo_paths.DEMO_RUN_NAME)
+DEMO_PREVIEW = demo_paths.DEMO_TRANSLATED + "-preview.png"
 
 
 def parse_args(argv=None):
@@ -94,7 +94,7 @@ def parse_args(argv=None):
     if args.bbox and args.manifest:
         parser.error("give --bbox or --manifest, not both")
     if args.bbox:
-        from pix2pix.tiles import MAX_ZOOM, parse_bbox
+        from pix2pix.tiles.xyz import MAX_ZOOM, parse_bbox
 
         try:
             args.bbox = parse_bbox(args.bbox)
@@ -133,7 +133,7 @@ def translate_options(args):
 def main() -> int:
     args = parse_args()
     if args.input is None:
-        args.input, args.output, args.checkpoint = DEMO_INPUT, defaults.DEMO_TRANSLATED, DEMO_CHECKPOINT
+        args.input, args.output, args.checkpoint = DEMO_INPUT, demo_paths.DEMO_TRANSLATED, DEMO_CHECKPOINT
         args.preview = args.preview or DEMO_PREVIEW
         if not os.path.isdir(args.input):
             raise cli.JobError(f"no demo tiles in {args.input}: run `python jobs/prepare.py` first")
@@ -157,8 +157,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.checkpoint import CheckpointError
     from pix2pix.distributed.capacity import CapacityError
+    from pix2pix.model.export import CheckpointError
     from pix2pix.storage import StorageError
 
     cli.run(main, (CheckpointError, StorageError, CapacityError))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pix2pix import cli, defaults  # noqa: E402
+from pix2pix import cli, demo_paths  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,14 +29,14 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
     args = parser.parse_args(argv)
     if args.map is None:
-        args.map = defaults.DEMO_TRANSLATED
-        args.satellite = args.satellite or os.path.join(defaults.DEMO_TILES, "sat")
+        args.map = demo_paths.DEMO_TRANSLATED
+        args.satellite = args.satellite or os.path.join(demo_paths.DEMO_TILES, "sat")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from pix2pix.viewer import open_layer, serve
+    from pix2pix.tiles.viewer import open_layer, serve
 
     layers = {"map": open_layer("map", args.map)}
     if args.satellite:
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.palette import PaletteError
+    from pix2pix.model.palette import PaletteError
     from pix2pix.storage import StorageError
-    from pix2pix.tileset import TileSetError
+    from pix2pix.tiles.tileset import TileSetError
 
     cli.run(main, (TileSetError, StorageError, PaletteError))

@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pix2pix.palette import RECIFE_PALETTE
+from pix2pix.model.palette import RECIFE_PALETTE
 
 PALETTE = RECIFE_PALETTE
 CLASS_NAMES = tuple(PALETTE)

@@ -3,7 +3,7 @@
 Reads a prepared dataset (``DATA/<split>/*.parquet``) or raw pairs (``DATA/<split>/sat/`` +
 ``map/``, or side-by-side images), locally or on S3. One process, plain PyTorch: no Ray.
 
-Metrics are those of ``pix2pix.metrics``: L1 on [-1, 1], PSNR and SSIM on [0, 1], RMSE and
+Metrics are those of ``pix2pix.model.metrics``: L1 on [-1, 1], PSNR and SSIM on [0, 1], RMSE and
 pixel accuracy (max |dR|, |dG|, |dB| < 5) on 0..255, at the model's image size. With a palette,
 each pixel's class is its nearest palette colour; IoU per class and their mean.
 """
@@ -22,16 +22,16 @@ import pyarrow.parquet as pq
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.data import IMAGE_SUFFIXES, BadImage, augment_pair, decode_pair, paired_transform
 from pix2pix.hashing import stable_seed
-from pix2pix.metrics import MetricAccumulator, bootstrap_iou, class_report, confusion_counts, intersections_unions
-from pix2pix.palette import snap_to_palette
-from pix2pix.ranges import to_model_range, to_uint8
-from pix2pix.pairs import SPLITS, discover_pairs
-from pix2pix.palette import load_palette
-from pix2pix.inference import memory_format, run_generator
-from pix2pix.precision import inference_precision, set_threads
-from pix2pix.tiles import image_grid
+from pix2pix.images import IMAGE_SUFFIXES, BadImage, image_grid
+from pix2pix.model.inference import memory_format, run_generator
+from pix2pix.model.metrics import MetricAccumulator, bootstrap_iou, class_report, confusion_counts, intersections_unions
+from pix2pix.model.palette import snap_to_palette
+from pix2pix.model.precision import inference_precision, set_threads
+from pix2pix.model.ranges import to_model_range, to_uint8
+from pix2pix.palette_files import load_palette
+from pix2pix.training.augmentation import augment_pair, paired_transform
+from pix2pix.training.pairs import SPLITS, decode_pair, discover_pairs
 
 GRID_ROWS = 6
 BATCH_SIZE = 8

@@ -17,7 +17,7 @@ import time
 import ray
 
 from pix2pix.distributed import train
-from pix2pix.training import TrainConfig
+from pix2pix.training.step import TrainConfig
 
 
 def watch(stop: threading.Event, seen: dict) -> None:

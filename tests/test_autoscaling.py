@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.autoscaling_cluster import (
-    actor_nodes, aws_node_types, autoscaling_head, head_node_id, scaled_node_types, wait_until, worker_nodes,
+    actor_nodes,
+    autoscaling_head,
+    aws_node_types,
+    head_node_id,
+    scaled_node_types,
+    wait_until,
+    worker_nodes,
 )
 from tests.conftest import REPO
 from tests.ray_head import VENV_BIN

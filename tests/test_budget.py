@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pix2pix.budget import Budget, lr_factor
-from pix2pix.training import Pix2Pix, TrainConfig
+from pix2pix.training.budget import Budget, lr_factor
+from pix2pix.training.step import Pix2Pix, TrainConfig
 
 
 def test_the_share_used_is_the_larger_of_minutes_and_pairs():

@@ -604,7 +604,7 @@ def test_runbook_commands_parse_with_the_jobs_parsers():
 def test_the_cost_table_follows_from_the_tiles_the_planner_would_translate():
     """Every row of the runbook's cost table: its tile count is what the --bbox planner selects,
     and its price that count of PUT requests at the stated price per 1,000."""
-    from pix2pix.translation_plan import bbox_tile_range
+    from pix2pix.tiles.plan import bbox_tile_range
 
     text = RUNBOOK.read_text()
     price = float(re.search(r"\*\*\$(\d+\.\d+) per 1,000 PUT\*\*", text).group(1))

@@ -18,6 +18,7 @@ from pix2pix.demo import (
     write_tile_grid,
 )
 
+
 def colour_codes(image) -> np.ndarray:
     """One integer per RGB colour, so colours compare as numbers."""
     rgb = np.asarray(image, np.int64)

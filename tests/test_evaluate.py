@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, cli, storage
-from pix2pix.ranges import to_model_range
 from pix2pix.demo import write_pairs
 from pix2pix.evaluation import (
     EvaluateOptions,
@@ -26,9 +25,11 @@ from pix2pix.evaluation import (
     evaluate_records,
     open_split,
 )
-from pix2pix.metrics import MetricAccumulator
-from pix2pix.palette import RECIFE_PALETTE
-from pix2pix.networks import GeneratorConfig, UNetGenerator
+from pix2pix.model.export import ExportInfo
+from pix2pix.model.metrics import MetricAccumulator
+from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.model.palette import RECIFE_PALETTE
+from pix2pix.model.ranges import to_model_range
 from tests.conftest import REPO, S3_SECRET_KEY, load_job
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px; depth 6 has one dropout block
@@ -53,7 +54,7 @@ def flat(colour, size: int = 64) -> np.ndarray:
 def tiny_checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(0)
     directory = str(tmp_path_factory.mktemp("checkpoint"))
-    checkpoint.export_generator(UNetGenerator(TINY), checkpoint.ExportInfo(TINY, image_size=64),
+    checkpoint.export_generator(UNetGenerator(TINY), ExportInfo(TINY, image_size=64),
                                 storage.resolve(directory))
     return directory
 
@@ -135,8 +136,8 @@ def test_prepared_shards_give_the_same_numbers_as_raw_pairs(raw_pairs, tiny_chec
 
 @pytest.mark.parametrize("precision", ["auto", "fp32"])  # auto: bf16 on CPUs that have it
 def test_same_numbers_as_the_validation_during_training(raw_pairs, tmp_path, precision):
-    from pix2pix.data import paired_transform, preprocess_records
-    from pix2pix.training import Pix2Pix, TrainConfig
+    from pix2pix.training.augmentation import paired_transform, preprocess_records
+    from pix2pix.training.step import Pix2Pix, TrainConfig
 
     model = Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision=precision))
     checkpoint.export_generator(model.generator, model.export_info(), storage.resolve(str(tmp_path)))
@@ -217,7 +218,7 @@ def test_bad_inputs_end_with_one_line(raw_pairs, tiny_checkpoint, tmp_path, caps
     (tmp_path / "empty" / "val").mkdir(parents=True)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "generator.safetensors").write_bytes(b"not weights")
-    (tmp_path / "junk" / "generator.json").write_text(checkpoint.ExportInfo(TINY, image_size=64).to_json())
+    (tmp_path / "junk" / "generator.json").write_text(ExportInfo(TINY, image_size=64).to_json())
     (tmp_path / "palette.json").write_text('{"sea": "blue"}')
     data, model = ["--data", str(raw_pairs)], ["--checkpoint", tiny_checkpoint]
     cases = {
@@ -264,7 +265,7 @@ def _validate_on_rank(rank: int, world_size: int, port: int, config, model_confi
     import torch.distributed as dist
 
     from pix2pix.distributed.train import validate
-    from pix2pix.training import Pix2Pix
+    from pix2pix.training.step import Pix2Pix
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -279,8 +280,8 @@ def test_distributed_validation_equals_evaluate_on_the_same_pairs(raw_pairs, tmp
     """Each of 2 ranks validates the val pairs it owns (owner_rank) and the sums are all-reduced:
     the result is what evaluate() gives on the whole split in one process. No Ray: gloo."""
     from pix2pix.distributed.train import JobConfig
-    from pix2pix.shards import SHARD_SCHEMA, find_shards, owner_rank
-    from pix2pix.training import Pix2Pix, TrainConfig
+    from pix2pix.training.shards import SHARD_SCHEMA, find_shards, owner_rank
+    from pix2pix.training.step import Pix2Pix, TrainConfig
     from tests.conftest import free_port
 
     rows = [{"key": path.stem, "layout": "paired", "image": None, "source_side": None, "source": path.read_bytes(),

@@ -3,9 +3,9 @@ datasets' pairs between splits, re-assign validation pairs and change --stochast
 
 from pix2pix.evaluation import pair_seed
 from pix2pix.hashing import stable_hash, stable_seed
-from pix2pix.pairs import split_for_key
-from pix2pix.shards import key_hash, owner_rank
-from pix2pix.translation import unit_seed
+from pix2pix.tiles.translation import unit_seed
+from pix2pix.training.pairs import split_for_key
+from pix2pix.training.shards import key_hash, owner_rank
 
 
 def test_the_digests_are_the_ones_datasets_and_outputs_were_made_with():

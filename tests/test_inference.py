@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pix2pix.inference import memory_format, run_generator
-from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.ranges import to_model_range
+from pix2pix.model.inference import memory_format, run_generator
+from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.model.ranges import to_model_range
 
 CPU = torch.device("cpu")
 

@@ -3,9 +3,15 @@ import math
 import pytest
 import torch
 
-from pix2pix.losses import (PaletteTerm, discriminator_loss, generator_loss, palette_logits, palette_loss,
-                            soft_iou_loss)
-from pix2pix.palette import RECIFE_PALETTE, palette_classes
+from pix2pix.model.losses import (
+    PaletteTerm,
+    discriminator_loss,
+    generator_loss,
+    palette_logits,
+    palette_loss,
+    soft_iou_loss,
+)
+from pix2pix.model.palette import RECIFE_PALETTE, palette_classes
 
 LOG2 = math.log(2.0)
 

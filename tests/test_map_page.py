@@ -23,8 +23,8 @@ import pytest
 from PIL import Image
 
 from pix2pix import storage
-from pix2pix.palette import RECIFE_PALETTE, encode_paletted_png
-from pix2pix.tileset import TILEJSON_FILE, scan, tilejson, xyz_template
+from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
+from pix2pix.tiles.tileset import TILEJSON_FILE, scan, tilejson, xyz_template
 from tests.conftest import REPO
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -1,11 +1,10 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
-from pix2pix.metrics import (
+from pix2pix.model.metrics import (
     PSNR_CAP_DB,
     MetricAccumulator,
     add_totals,
@@ -18,8 +17,8 @@ from pix2pix.metrics import (
     rmse,
     ssim,
 )
-from pix2pix.palette import RECIFE_PALETTE, palette_classes, snap_to_palette
-from pix2pix.ranges import to_uint8, to_unit
+from pix2pix.model.palette import RECIFE_PALETTE, palette_classes, snap_to_palette
+from pix2pix.model.ranges import to_uint8, to_unit
 
 TWO_CLASSES = {"dark": (0, 0, 0), "light": (255, 255, 255)}
 
@@ -227,7 +226,7 @@ def test_snapping_to_the_palette_gives_exact_class_colours_and_its_own_accuracy(
 
 
 def test_bootstrap_intervals_hold_the_estimate_and_shrink_to_it_for_identical_pairs():
-    from pix2pix.metrics import bootstrap_iou
+    from pix2pix.model.metrics import bootstrap_iou
 
     rng = np.random.default_rng(0)
     unions = rng.integers(50, 100, size=(40, 3)).astype(float)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pix2pix.networks import (
+from pix2pix.model.networks import (
     DiscriminatorConfig,
     GeneratorConfig,
     PatchDiscriminator,

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from pix2pix.palette import RECIFE_PALETTE, encode_paletted_png
-from pix2pix.tileset import Archive
+from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
+from pix2pix.tiles.tileset import Archive
 from tests.conftest import REPO
 
 

@@ -1,4 +1,4 @@
-from pix2pix.pairs import discover_pairs, split_for_key
+from pix2pix.training.pairs import discover_pairs, split_for_key
 
 
 def test_paired_folders_with_existing_split_are_kept():

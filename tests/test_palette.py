@@ -9,11 +9,20 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.data import decode_image, encode_image
-from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.palette import (RECIFE_PALETTE, PaletteError, balanced_class_weights, class_counts,
-                             encode_paletted_png, load_palette, output_palette, parse_palette, snap_to_palette)
-from pix2pix.translation import Translator
+from pix2pix.images import decode_image, encode_image
+from pix2pix.model.export import CONFIG_FILE, CheckpointError, ExportInfo
+from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.model.palette import (
+    RECIFE_PALETTE,
+    PaletteError,
+    balanced_class_weights,
+    class_counts,
+    encode_paletted_png,
+    parse_palette,
+    snap_to_palette,
+)
+from pix2pix.palette_files import load_palette, output_palette
+from pix2pix.tiles.translation import Translator
 
 
 def test_palette_files_and_their_errors(tmp_path):
@@ -67,21 +76,21 @@ def test_the_export_records_the_palette(tmp_path):
     config = GeneratorConfig(ngf=8, depth=6)
     location = storage.resolve(str(tmp_path))
     palette = {"sea": (0, 0, 255), "land": (0, 255, 0)}
-    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64, palette=palette), location)
+    checkpoint.export_generator(UNetGenerator(config), ExportInfo(config, 64, palette=palette), location)
     info = checkpoint.read_export_info(location)
     assert info.palette == palette and list(info.palette) == ["sea", "land"]  # order = class indices
-    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64), location)
+    checkpoint.export_generator(UNetGenerator(config), ExportInfo(config, 64), location)
     assert checkpoint.read_export_info(location).palette is None
 
 
 def test_a_broken_palette_in_an_export_is_a_checkpoint_error(tmp_path):
     config = GeneratorConfig(ngf=8, depth=6)
     location = storage.resolve(str(tmp_path))
-    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64), location)
-    raw = json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text())
+    checkpoint.export_generator(UNetGenerator(config), ExportInfo(config, 64), location)
+    raw = json.loads((tmp_path / CONFIG_FILE).read_text())
     raw["palette"] = {"sea": [0, 0, 999]}
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(raw))
-    with pytest.raises(checkpoint.CheckpointError, match="palette"):
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match="palette"):
         checkpoint.read_export_info(location)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pix2pix import precision
+from pix2pix.model import precision
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pix2pix.data import decode_pair
 from pix2pix.demo import write_pairs
+from pix2pix.training.pairs import decode_pair
 from tests.conftest import REPO, load_job
 
 
@@ -104,7 +104,7 @@ def test_side_by_side_layout_and_direction(ray_session, tmp_path):
 def test_each_pair_is_read_and_checked_with_its_reason_without_ray(tmp_path):
     from pix2pix import storage
     from pix2pix.distributed.prepare import load_pair
-    from pix2pix.pairs import discover_pairs
+    from pix2pix.training.pairs import discover_pairs
 
     raw = tmp_path / "raw"
     write_pairs(str(raw), count=2, size=64)

@@ -1,5 +1,5 @@
 """How the jobs start or join Ray (pix2pix/distributed/session.py) and which of Ray Train's
-helper actors a run leaves out (pix2pix/distributed/trainer.py)."""
+helper actors a run leaves out (pix2pix/distributed/lean_trainer.py)."""
 
 from __future__ import annotations
 
@@ -33,14 +33,14 @@ def test_ray_trains_helpers_the_job_leaves_out_are_still_ray_trains_defaults():
     import ray.train
     import ray.train.torch
 
-    from pix2pix.distributed.trainer import JobTrainer
+    from pix2pix.distributed.lean_trainer import LeanTorchTrainer
 
     scaling = ray.train.ScalingConfig(num_workers=1)
     ray_defaults = callbacks(ray.train.torch.TorchTrainer(lambda: None, scaling_config=scaling))
     assert {"DatasetsCallback", "PlacementGroupCleanerCallback", "BackendSetupCallback"} <= ray_defaults
-    on_cluster = callbacks(JobTrainer(lambda: None, scaling_config=scaling))
+    on_cluster = callbacks(LeanTorchTrainer(lambda: None, scaling_config=scaling))
     assert on_cluster == ray_defaults - {"DatasetsCallback"}
-    owned = callbacks(JobTrainer(lambda: None, scaling_config=scaling, owns_instance=True))
+    owned = callbacks(LeanTorchTrainer(lambda: None, scaling_config=scaling, owns_instance=True))
     assert owned == ray_defaults - {"DatasetsCallback", "PlacementGroupCleanerCallback"}
 
 

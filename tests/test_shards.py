@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pix2pix import shards
-from pix2pix.data import encode_image
-from pix2pix.shards import SHARD_SCHEMA
+from pix2pix.images import encode_image
+from pix2pix.training import shards
+from pix2pix.training.shards import SHARD_SCHEMA
 
 ROWS_PER_SHARD = (4, 4, 4, 3)  # a short last shard, as prepare writes them
 PAIRS = sum(ROWS_PER_SHARD)

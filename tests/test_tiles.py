@@ -5,17 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2pix.tiles import (
-    TileKey,
-    image_grid,
-    mosaic,
-    neighbours,
-    parse_bbox,
-    parse_tile_key,
-    side_by_side,
-    tile_key_path,
-    tiles_in_bbox,
-)
+from pix2pix.images import image_grid, side_by_side
+from pix2pix.tiles.xyz import TileKey, mosaic, neighbours, parse_bbox, parse_tile_key, tile_key_path, tiles_in_bbox
 
 RECIFE = (-34.95, -8.10, -34.85, -8.00)
 

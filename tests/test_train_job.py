@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.networks import UNetGenerator
-from pix2pix.training import Pix2Pix, TrainConfig
+from pix2pix.model.export import CheckpointError
+from pix2pix.model.networks import UNetGenerator
+from pix2pix.training.step import Pix2Pix, TrainConfig
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -108,8 +109,8 @@ def record_ddp_steps(job: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from pix2pix.precision import set_threads
-    from pix2pix.shards import TrainingPairs, find_shards
+    from pix2pix.model.precision import set_threads
+    from pix2pix.training.shards import TrainingPairs, find_shards
 
     set_threads(1)
     context = ray.train.get_context()
@@ -222,7 +223,7 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
 
 def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):
     from pix2pix.distributed.train import fit
-    from pix2pix.shards import DatasetError
+    from pix2pix.training.shards import DatasetError
 
     with pytest.raises(DatasetError) as raised:  # before any worker starts
         fit(job_config(dataset, train=replace(TINY, batch_size=9)), two_cpu_workers(), str(tmp_path), "few")
@@ -241,14 +242,14 @@ def test_resuming_another_architecture_is_refused_before_any_worker_starts(tmp_p
     checkpoint.save_training_state(model.state_dict(), directory)
     checkpoint.export_generator(model.generator, model.export_info(), directory)
     assert check_resume(storage.resolve(str(tmp_path / "run")), TINY) == 0  # the saved epoch
-    with pytest.raises(checkpoint.CheckpointError, match=f"cannot resume: .*{differs}.*--ndf"):
+    with pytest.raises(CheckpointError, match=f"cannot resume: .*{differs}.*--ndf"):
         check_resume(storage.resolve(str(tmp_path / "run")), replace(TINY, **widths))
 
 
 def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
-    from pix2pix.budget import Budget
     from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history
-    from pix2pix.palette import RECIFE_PALETTE
+    from pix2pix.model.palette import RECIFE_PALETTE
+    from pix2pix.training.budget import Budget
 
     # 2 workers x batch 2 = 4 pairs a step, 4 steps an epoch: 24 pairs end in epoch 2, at step 6,
     # although the epoch schedule (1 + 1 epochs) would have stopped at step 8.

@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.ranges import to_uint8
-from pix2pix.training import (Pix2Pix, TrainConfig, balance_warning, default_recipe, linear_decay, load_scaler_state,
-                              sample_grid)
+from pix2pix.model.ranges import to_uint8
+from pix2pix.training.step import (
+    Pix2Pix,
+    TrainConfig,
+    balance_warning,
+    default_recipe,
+    linear_decay,
+    load_scaler_state,
+    sample_grid,
+)
 from tests.conftest import load_job
 
 TINY = TrainConfig(image_size=64, ngf=8, ndf=8, epochs=2, epochs_decay=2, batch_size=2, precision="fp32")
@@ -210,7 +217,7 @@ def test_the_weight_average_is_what_validation_and_the_export_use_and_it_resumes
 
 
 def test_the_palette_term_trains_only_with_a_palette_and_reports_its_loss():
-    from pix2pix.palette import RECIFE_PALETTE
+    from pix2pix.model.palette import RECIFE_PALETTE
 
     config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", palette_weight=2.0)
     assert "G_palette" not in Pix2Pix(config).train_step(*batch())  # no palette given: GAN + L1 only
@@ -221,7 +228,7 @@ def test_the_palette_term_trains_only_with_a_palette_and_reports_its_loss():
 
 
 def test_a_palette_output_generator_learns_a_class_and_draws_only_palette_colours(tmp_path):
-    from pix2pix.palette import RECIFE_PALETTE
+    from pix2pix.model.palette import RECIFE_PALETTE
 
     config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", dropout=0.0, lr=2e-3,
                          palette_weight=3.0, palette_output=True)

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.palette import snap_to_palette
-from pix2pix.palette import RECIFE_PALETTE
-from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.tileset import TILEJSON_FILE
+from pix2pix.model.export import ExportInfo
+from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.model.palette import RECIFE_PALETTE, snap_to_palette
+from pix2pix.tiles.tileset import TILEJSON_FILE
 from tests.conftest import REPO, S3_SECRET_KEY, load_job
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px tiles; depth 6 has a dropout block for --stochastic
@@ -64,7 +64,7 @@ def write_grid(root: str, grid=GRID, zoom: int = 12, size: int = 64) -> list[str
 def export(uri: str, config: GeneratorConfig = TINY, image_size: int = 64, generator=None, palette=None) -> str:
     torch.manual_seed(0)
     generator = generator or UNetGenerator(config)
-    checkpoint.export_generator(generator, checkpoint.ExportInfo(config, image_size=image_size, palette=palette),
+    checkpoint.export_generator(generator, ExportInfo(config, image_size=image_size, palette=palette),
                                 storage.resolve(uri))
     return uri
 
@@ -397,7 +397,7 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path, tiny_checkpoint):
 def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoint):
     """The job runs check_run before starting Ray, and cli.run prints its errors as one line."""
     from pix2pix.distributed.translate import TranslateOptions, check_run
-    from pix2pix.tiles import parse_bbox
+    from pix2pix.tiles.xyz import parse_bbox
 
     write_grid(str(tmp_path / "in"), GRID[:1])
     base = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), "checkpoint": tiny_checkpoint}

@@ -8,15 +8,19 @@ import torch
 from PIL import Image
 
 from pix2pix import storage
-from pix2pix.data import BadImage
-from pix2pix.keys import BadKey, check_key, output_key
-from pix2pix.networks import GeneratorConfig, UNetGenerator
-from pix2pix.translation import (
-    Translator, assemble_canvas, context_margin, crop_tile, fit_tile, unit_seed,
+from pix2pix.images import BadImage
+from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.tiles.keys import BadKey, check_key, output_key
+from pix2pix.tiles.plan import (
+    PlanSettings,
+    Shard,
+    bbox_shards,
+    discover_shards,
+    manifest_context_shards,
+    plan_blocks,
+    plan_shard,
 )
-from pix2pix.translation_plan import (
-    PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, plan_blocks, plan_shard,
-)
+from pix2pix.tiles.translation import Translator, assemble_canvas, context_margin, crop_tile, fit_tile, unit_seed
 
 SMALL = GeneratorConfig(ngf=8, depth=6)  # 64 px; depth 6 keeps one dropout block
 
@@ -205,7 +209,7 @@ def test_bad_keys_in_a_shard_become_failures(tmp_path):
 def test_every_convertible_mode_decodes_to_rgb(mode):
     import io
 
-    from pix2pix.data import decode_image
+    from pix2pix.images import decode_image
 
     array = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
     image = Image.fromarray(array.astype(np.uint16) * 257) if mode == "I;16" else \
@@ -219,7 +223,7 @@ def test_manifests_are_split_into_row_groups_and_read_back(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pix2pix.translation_plan import ManifestError, manifest_parts, read_manifest_part
+    from pix2pix.tiles.plan import ManifestError, manifest_parts, read_manifest_part
 
     keys = [f"9/{i}/0.jpg" for i in range(10)]
     pq.write_table(pa.table({"key": keys}), tmp_path / "keys.parquet", row_group_size=4)
@@ -239,7 +243,7 @@ def test_manifests_are_split_into_row_groups_and_read_back(tmp_path):
 def test_the_bbox_tile_range_equals_walking_every_tile():
     import mercantile
 
-    from pix2pix.translation_plan import bbox_tile_range
+    from pix2pix.tiles.plan import bbox_tile_range
 
     def walked(bbox, zoom):
         tiles = list(mercantile.tiles(*bbox, zoom))

@@ -1,4 +1,4 @@
-"""Raw image pairs -> Parquet shards, as a Ray Data job (see pix2pix.pairs for the layouts)."""
+"""Raw image pairs -> Parquet shards, as a Ray Data job (see pix2pix.training.pairs for the layouts)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pyarrow as pa
 import ray
 from ray.data.expressions import col
 
-from pix2pix import defaults, storage
-from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage, decode_pair
-from pix2pix.pairs import PairSpec, Skipped, discover_pairs
-from pix2pix.shards import DATASET_INFO_FILE, SHARD_SCHEMA
+from pix2pix import demo_paths, storage
+from pix2pix.images import DEFAULT_MAX_PIXELS, BadImage
+from pix2pix.training.pairs import PairSpec, Skipped, decode_pair, discover_pairs
+from pix2pix.training.shards import DATASET_INFO_FILE, SHARD_SCHEMA
 
 
 class PrepareError(ValueError):
@@ -104,8 +104,8 @@ def prepare(
 
 
 def prepare_demo(pairs: int = 300) -> dict:
-    """The embedded demo's pairs generated and prepared (pix2pix.defaults' locations)."""
+    """The embedded demo's pairs generated and prepared (pix2pix.demo_paths' locations)."""
     from pix2pix.demo import generate_demo
 
-    generate_demo(defaults.DEMO_ROOT, pairs=pairs)
-    return prepare(defaults.DEMO_RAW, defaults.DEMO_DATA)
+    generate_demo(demo_paths.DEMO_ROOT, pairs=pairs)
+    return prepare(demo_paths.DEMO_RAW, demo_paths.DEMO_DATA)

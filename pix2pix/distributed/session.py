@@ -26,7 +26,7 @@ def init(verbose: bool = False) -> None:
 
     A local instance starts without Ray Train's preemption watcher: nothing drains the nodes of
     an instance this process owns, and every idle Ray process costs a 2-core machine's training
-    about twice its CPU share (pix2pix/distributed/trainer.py). A cluster keeps it."""
+    about twice its CPU share (pix2pix/distributed/lean_trainer.py). A cluster keeps it."""
     global _owns_instance
     if ray.is_initialized():
         return

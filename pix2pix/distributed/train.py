@@ -1,7 +1,7 @@
 """pix2pix DDP training on Ray Train: the per-worker loop and the trainer.
 
 Each worker reads its own part of every epoch from the prepared shards and decodes it in a
-background thread of its own process (pix2pix/shards.py); validation reads the val split the
+background thread of its own process (pix2pix/training/shards.py); validation reads the val split the
 same way, each pair on exactly one worker (chosen by a hash of its key), and the metric sums
 are all-reduced, so the result covers the whole split once.
 
@@ -33,15 +33,25 @@ import torch.distributed as dist
 
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity, session
-from pix2pix.distributed.trainer import JobTrainer
-from pix2pix.budget import Budget
-from pix2pix.metrics import MetricAccumulator
-from pix2pix.precision import set_threads
+from pix2pix.distributed.lean_trainer import LeanTorchTrainer
+from pix2pix.model.export import CheckpointError, check_architecture
+from pix2pix.model.metrics import MetricAccumulator
+from pix2pix.model.palette import balanced_class_weights, class_counts
+from pix2pix.model.precision import set_threads
 from pix2pix.progress import duration
-from pix2pix.shards import (DatasetError, Shards, TrainingPairs, batches_per_epoch, evaluation_batches,
-                            find_shards, key_hash, owner_rank, records_where)
-from pix2pix.palette import balanced_class_weights, class_counts
-from pix2pix.training import Pix2Pix, TrainConfig, balance_warning, sample_grid
+from pix2pix.training.budget import Budget
+from pix2pix.training.shards import (
+    DatasetError,
+    Shards,
+    TrainingPairs,
+    batches_per_epoch,
+    evaluation_batches,
+    find_shards,
+    key_hash,
+    owner_rank,
+    records_where,
+)
+from pix2pix.training.step import Pix2Pix, TrainConfig, balance_warning, sample_grid
 
 SAMPLES_FILE = "samples.png"
 HISTORY_FILE = "metrics.jsonl"
@@ -225,7 +235,7 @@ def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
     for candidate in checkpoint.complete_checkpoints(storage.resolve(run_uri)):
         try:
             state = checkpoint.load_training_state(candidate)
-        except (checkpoint.CheckpointError, FileNotFoundError):  # the export was whole, the state not
+        except (CheckpointError, FileNotFoundError):  # the export was whole, the state not
             continue
         model.load_state_dict(state)
         return state
@@ -389,12 +399,12 @@ def check_resume(run: storage.Location, config: TrainConfig, palette: dict | Non
     info = checkpoint.read_export_info(latest)
     saved = checkpoint.read_training_config(latest)  # None in checkpoints older than the file
     try:
-        checkpoint.check_architecture(info.generator, config.generator_config(palette), latest.uri)
+        check_architecture(info.generator, config.generator_config(palette), latest.uri)
         if saved is not None:
-            checkpoint.check_architecture(TrainConfig(**saved).discriminator_config(), config.discriminator_config(),
+            check_architecture(TrainConfig(**saved).discriminator_config(), config.discriminator_config(),
                                           latest.uri)
-    except checkpoint.CheckpointError as error:
-        raise checkpoint.CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
                                          "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
     return info.epoch
 
@@ -410,7 +420,7 @@ def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, ma
     config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
-    trainer = JobTrainer(
+    trainer = LeanTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(

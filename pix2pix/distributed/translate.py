@@ -28,19 +28,29 @@ from ray.data import ExecutionResources
 
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity
-from pix2pix.distributed.progress import TranslateProgress
+from pix2pix.distributed.translate_progress import TranslateProgress
 from pix2pix.distributed.translate_stages import (
-    UNIT_SCHEMA, GeneratorStage, ReadStage, WriteStage, plan_shards,
+    UNIT_SCHEMA,
+    GeneratorStage,
+    ReadStage,
+    WriteStage,
+    plan_shards,
 )
-from pix2pix.networks import check_image_size
-from pix2pix.palette import output_palette
-from pix2pix.precision import inference_precision
-from pix2pix.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
-from pix2pix.translation import BLOCK_TILES, context_margin, default_micro_batch
-from pix2pix.translation_plan import (
-    PlanSettings, Shard, bbox_shards, discover_shards, manifest_context_shards, manifest_parts, read_manifest_part,
+from pix2pix.model.networks import check_image_size
+from pix2pix.model.precision import inference_precision
+from pix2pix.palette_files import output_palette
+from pix2pix.tiles.plan import (
+    PlanSettings,
+    Shard,
+    bbox_shards,
+    discover_shards,
+    manifest_context_shards,
+    manifest_parts,
+    read_manifest_part,
 )
-from pix2pix.translation_preview import PreviewSamples, write_preview
+from pix2pix.tiles.preview import PreviewSamples, write_preview
+from pix2pix.tiles.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
+from pix2pix.tiles.translation import BLOCK_TILES, context_margin, default_micro_batch
 
 FAILURES_DIR = "_failures"
 IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time

@@ -1,6 +1,6 @@
 """The stages of the translation pipeline, for Ray Data's map_batches.
 
-Work units flow through as Arrow rows (see pix2pix.translation_plan.Unit); a unit that failed
+Work units flow through as Arrow rows (see pix2pix.tiles.plan.Unit); a unit that failed
 carries a reason and passes the later stages untouched, so bad tiles end as status rows.
 
 Reading and writing run in small, long-lived CPU actor pools (ReadStage, WriteStage) rather
@@ -19,14 +19,12 @@ import numpy as np
 import pyarrow as pa
 
 from pix2pix import checkpoint, storage
-from pix2pix.data import BadImage, decode_image, encode_image
-from pix2pix.keys import BadKey, check_key, output_key
-from pix2pix.palette import encode_paletted_png
-from pix2pix.precision import inference_precision, set_threads
-from pix2pix.translation import (
-    Translator, assemble_canvas, crop_tile, fit_tile, tile_pixel_limit, unit_seed,
-)
-from pix2pix.translation_plan import PlanSettings, Shard, Unit, plan_shard
+from pix2pix.images import BadImage, decode_image, encode_image
+from pix2pix.model.palette import encode_paletted_png
+from pix2pix.model.precision import inference_precision, set_threads
+from pix2pix.tiles.keys import BadKey, check_key, output_key
+from pix2pix.tiles.plan import PlanSettings, Shard, Unit, plan_shard
+from pix2pix.tiles.translation import Translator, assemble_canvas, crop_tile, fit_tile, tile_pixel_limit, unit_seed
 
 IO_THREADS = 16  # concurrent reads/writes per task: object stores answer in tens of ms
 # zlib level of RGB PNG tiles: level 1 encodes a generator's raw output several times faster

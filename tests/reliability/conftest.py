@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pix2pix.tileset import TILEJSON_FILE
+from pix2pix.tiles.tileset import TILEJSON_FILE
 from tests.reliability.fault_proxy import NO_FAULTS, FaultProxy, Schedule
 
 COLUMNS, ROWS = 8, 6

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
+from pix2pix.model.export import CheckpointError, ExportInfo
 from tests.conftest import REPO
 from tests.reliability.conftest import TILES, contents, hidden_files
 from tests.test_translate_job import failures, translate
@@ -119,12 +120,12 @@ def test_the_failure_list_on_a_full_disk_is_a_clear_error(tmp_path):
 def _checkpoint_dir(directory: Path, step: int) -> None:
     """A checkpoint as the training loop writes it to its local temp folder."""
     torch.manual_seed(step)
-    from pix2pix.networks import GeneratorConfig, UNetGenerator
+    from pix2pix.model.networks import GeneratorConfig, UNetGenerator
 
     config = GeneratorConfig(ngf=8, depth=6)
     location = storage.resolve(str(directory))
     checkpoint.save_training_state({"step": step, "weights": torch.zeros(64), "config": {}}, location)
-    checkpoint.export_generator(UNetGenerator(config), checkpoint.ExportInfo(config, 64, step=step), location)
+    checkpoint.export_generator(UNetGenerator(config), ExportInfo(config, 64, step=step), location)
 
 
 @pytest.mark.timeout(60)
@@ -159,7 +160,7 @@ def test_checkpoints_onto_a_full_disk(tmp_path, record):
         assert partial.is_dir()  # the copy left a half-written checkpoint behind
         generator, info = checkpoint.load_generator(str(run))
         assert info.step == 1  # ... which is never used: the newest complete one is
-        with pytest.raises(checkpoint.CheckpointError):
+        with pytest.raises(CheckpointError):
             checkpoint.load_generator(str(partial))  # named explicitly: a clear error, not garbage
     record("checkpoint: storage disk full while a checkpoint is copied",
            "our writes fail whole (no temporary); the copy Ray Train left truncated is skipped, the run "

@@ -22,9 +22,10 @@ import torch
 from PIL import Image
 
 from pix2pix import checkpoint, storage
-from pix2pix.networks import GeneratorConfig
-from pix2pix.translation import tile_pixel_limit
-from pix2pix.translation_plan import PlanSettings, Shard, discover_shards, plan_shard
+from pix2pix.model.export import CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, CheckpointError
+from pix2pix.model.networks import GeneratorConfig
+from pix2pix.tiles.plan import PlanSettings, Shard, discover_shards, plan_shard
+from pix2pix.tiles.translation import tile_pixel_limit
 from tests.reliability.conftest import contents
 from tests.test_translate_job import encoded, export, failures, smooth_image, translate, write_manifest
 
@@ -198,32 +199,32 @@ def test_tampered_checkpoints_never_run_code_and_fail_clearly(tmp_path, record):
 
     # training_state.pt replaced by a torch.save'd object that runs code on unpickling
     location = storage.resolve(str(good))
-    (good / checkpoint.TRAINING_STATE_FILE).write_bytes(payload.getvalue())
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read training_state.pt"):
+    (good / TRAINING_STATE_FILE).write_bytes(payload.getvalue())
+    with pytest.raises(CheckpointError, match="cannot read training_state.pt"):
         checkpoint.load_training_state(location)
     # the weights file replaced by the same payload, or by a plain pickle
     for data in (payload.getvalue(), pickle.dumps(WouldCreateMarker(str(marker)))):
         tampered = tmp_path / f"tampered-{len(data)}"
         tampered.mkdir()
-        (tampered / checkpoint.CONFIG_FILE).write_text((good / checkpoint.CONFIG_FILE).read_text())
-        (tampered / checkpoint.WEIGHTS_FILE).write_bytes(data)
-        with pytest.raises(checkpoint.CheckpointError, match="cannot read generator.safetensors"):
+        (tampered / CONFIG_FILE).write_text((good / CONFIG_FILE).read_text())
+        (tampered / WEIGHTS_FILE).write_bytes(data)
+        with pytest.raises(CheckpointError, match="cannot read generator.safetensors"):
             checkpoint.load_generator(str(tampered))
     assert not marker.exists()  # nothing was executed
 
     # a truncated training state
     state = storage.resolve(str(tmp_path / "state"))
     checkpoint.save_training_state({"step": 1, "weights": torch.ones(1000), "config": {}}, state)
-    path = tmp_path / "state" / checkpoint.TRAINING_STATE_FILE
+    path = tmp_path / "state" / TRAINING_STATE_FILE
     path.write_bytes(path.read_bytes()[:700])
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read training_state.pt"):
+    with pytest.raises(CheckpointError, match="cannot read training_state.pt"):
         checkpoint.load_training_state(state)
 
     # generator.json edited to declare a huge network: refused before it is built
-    (good / checkpoint.CONFIG_FILE).write_text((good / checkpoint.CONFIG_FILE).read_text()
+    (good / CONFIG_FILE).write_text((good / CONFIG_FILE).read_text()
                                                .replace('"ngf": 8', '"ngf": 200000'))
     started = time.perf_counter()
-    with pytest.raises(checkpoint.CheckpointError, match="do not fit the declared architecture"):
+    with pytest.raises(CheckpointError, match="do not fit the declared architecture"):
         checkpoint.load_generator(str(good))  # building it would need ~10 TB
     refused_in = time.perf_counter() - started
     record("checkpoint: pickle payloads as training_state.pt / generator.safetensors; truncated state; "
@@ -236,7 +237,7 @@ def test_tampered_checkpoints_never_run_code_and_fail_clearly(tmp_path, record):
 def test_resuming_a_run_of_another_architecture_is_refused_naming_the_mismatch(tmp_path):
     """Before any worker starts (each would otherwise fail on it, --max-failures times)."""
     from pix2pix.distributed.train import JobConfig, Resources, fit
-    from pix2pix.training import TrainConfig
+    from pix2pix.training.step import TrainConfig
 
     run = tmp_path / "runs" / "city"
     export(str(run / "checkpoint_2026-01-01_00-00-00.000000"), GeneratorConfig(ngf=8, depth=5))
@@ -244,6 +245,6 @@ def test_resuming_a_run_of_another_architecture_is_refused_naming_the_mismatch(t
                            (TrainConfig(image_size=64, ngf=8, depth=5, norm="batch"),
                             "norm is 'instance', expected 'batch'")):
         job = JobConfig(train=train, data_uri=str(tmp_path / "no-data-needed"))
-        with pytest.raises(checkpoint.CheckpointError, match=message) as raised:
+        with pytest.raises(CheckpointError, match=message) as raised:
             fit(job, Resources(1, False, 1.0, 1), str(tmp_path / "runs"), "city")
         assert "use another --name" in str(raised.value)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pix2pix import storage
-from pix2pix.tileset import TILEJSON_FILE
+from pix2pix.tiles.tileset import TILEJSON_FILE
 from tests.conftest import REPO, S3_SECRET_KEY
 from tests.reliability.conftest import TILES
 from tests.reliability.fault_proxy import AnyOf, Schedule

@@ -19,7 +19,16 @@ import pytest
 
 from tests.conftest import REPO, S3_SECRET_KEY
 from tests.reliability.conftest import (
-    COLUMNS, TILES, Background, actor_pids, contents, hidden_files, kill, process_title, visible_files, wait_for,
+    COLUMNS,
+    TILES,
+    Background,
+    actor_pids,
+    contents,
+    hidden_files,
+    kill,
+    process_title,
+    visible_files,
+    wait_for,
 )
 from tests.reliability.fault_proxy import NO_FAULTS, Request
 from tests.test_translate_job import translate

@@ -24,9 +24,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pix2pix import storage
-from pix2pix.tiles import TileKey, parse_tile_key
-from pix2pix.keys import BadKey, check_key, output_key
-from pix2pix.translation import BLOCK_TILES
+from pix2pix.tiles.keys import BadKey, check_key, output_key
+from pix2pix.tiles.translation import BLOCK_TILES
+from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
 DISCOVERY_DEPTH = 3  # "city/17/38591" is a column; deeper layouts are listed as whole trees
 MANIFEST_SHARD_KEYS = 1000

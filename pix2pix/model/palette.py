@@ -1,10 +1,9 @@
-"""Colour palettes of colour-coded maps: the built-in Recife palette or a JSON file, and
-paletted PNGs (one byte per pixel, the palette in the file)."""
+"""Colour palettes of colour-coded maps: the built-in Recife palette, parsing and checking one,
+class indices and weights, and paletted PNGs (one byte per pixel, the palette in the file)."""
 
 from __future__ import annotations
 
 import io
-import json
 import statistics
 
 import numpy as np
@@ -12,8 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pix2pix import storage
-from pix2pix.ranges import to_uint8
+from pix2pix.model.ranges import to_uint8
 
 Palette = dict[str, tuple[int, int, int]]
 
@@ -33,22 +31,6 @@ class PaletteError(ValueError):
     """An unusable palette: missing file, bad JSON, bad colours."""
 
 
-def load_palette(spec: str | None) -> Palette | None:
-    """None, "recife" (the built-in palette) or a JSON file {"class": [r, g, b], ...}, local or s3://."""
-    if spec is None:
-        return None
-    if spec.lower() == "recife":
-        return dict(RECIFE_PALETTE)
-    location = storage.resolve(spec)
-    if not storage.exists(location):
-        raise PaletteError(f"palette file not found: {spec}")
-    try:
-        raw = json.loads(storage.read_text(location))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise PaletteError(f"palette {spec} is not valid JSON: {error}") from None
-    return parse_palette(raw, spec)
-
-
 def parse_palette(raw, origin: str = "palette") -> Palette:
     if not isinstance(raw, dict) or not raw:
         raise PaletteError(f'{origin} must be a non-empty JSON object {{"class": [r, g, b], ...}}')
@@ -66,20 +48,6 @@ def parse_palette(raw, origin: str = "palette") -> Palette:
     if len(set(palette.values())) < len(palette):
         raise PaletteError(f"{origin}: two classes share one colour")
     return palette
-
-
-def output_palette(requested: str | None, no_palette: bool, image_format: str, trained: Palette | None
-                   ) -> Palette | None:
-    """What translated tiles are snapped to: the requested palette, else the one the model was
-    trained with, PNG only (a lossy encoding would blur the exact colours, so JPEG and WebP keep
-    the generator's raw colours), and none with ``no_palette``."""
-    if requested and no_palette:
-        raise PaletteError("give --palette or --no-palette, not both")
-    if requested:
-        if image_format != "png":
-            raise PaletteError("--palette needs --format png: lossy encodings blur the exact colours")
-        return load_palette(requested)
-    return trained if trained and not no_palette and image_format == "png" else None
 
 
 def palette_to_json(palette: Palette) -> dict[str, list[int]]:

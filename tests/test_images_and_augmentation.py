@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix2pix import data
-from pix2pix.ranges import to_model_range
+from pix2pix.images import BadImage, decode_image, encode_image
+from pix2pix.model.ranges import to_model_range
+from pix2pix.training.augmentation import augment_pair, load_size_for, paired_transform, preprocess_records
+from pix2pix.training.pairs import decode_pair, split_side_by_side
 
 
 def encode(array, fmt="PNG", mode=None):
@@ -21,49 +23,49 @@ def rgb():
 
 
 def test_decode_converts_every_mode_to_rgb(rgb):
-    assert np.array_equal(data.decode_image(encode(rgb)), rgb)
+    assert np.array_equal(decode_image(encode(rgb)), rgb)
     for mode in ["L", "P", "RGBA", "LA"]:
-        out = data.decode_image(encode(rgb, mode=mode))
+        out = decode_image(encode(rgb, mode=mode))
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8
     sixteen = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))
     buffer = io.BytesIO()
     sixteen.save(buffer, format="PNG")
-    out = data.decode_image(buffer.getvalue())
+    out = decode_image(buffer.getvalue())
     assert out.shape == (32, 32, 3) and out.max() > 200 and out.min() == 0
 
 
 @pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"hello, not an image", "not a recognised image format")])
 def test_undecodable_bytes_raise_bad_image(payload, reason):
-    with pytest.raises(data.BadImage, match=reason):
-        data.decode_image(payload)
+    with pytest.raises(BadImage, match=reason):
+        decode_image(payload)
 
 
 def test_truncated_jpeg_is_bad(rgb):
     jpeg = encode(np.tile(rgb, (8, 8, 1)), "JPEG")
-    with pytest.raises(data.BadImage):
-        data.decode_image(jpeg[: len(jpeg) // 2])
+    with pytest.raises(BadImage):
+        decode_image(jpeg[: len(jpeg) // 2])
 
 
 def test_image_bomb_rejected_from_header_before_decoding():
     bomb = encode(np.zeros((4000, 4000), dtype=np.uint8))  # compresses to a few kB
-    with pytest.raises(data.BadImage, match="4000x4000 exceeds"):
-        data.decode_image(bomb, max_pixels=1024 * 1024)
+    with pytest.raises(BadImage, match="4000x4000 exceeds"):
+        decode_image(bomb, max_pixels=1024 * 1024)
 
 
 def test_side_by_side_split_and_direction(rgb):
     both = np.concatenate([rgb, 255 - rgb], axis=1)
-    source, target = data.split_side_by_side(both, "left")
+    source, target = split_side_by_side(both, "left")
     assert np.array_equal(source, rgb) and np.array_equal(target, 255 - rgb)
-    source, target = data.split_side_by_side(both, "right")
+    source, target = split_side_by_side(both, "right")
     assert np.array_equal(source, 255 - rgb)
-    with pytest.raises(data.BadImage, match="twice as wide"):
-        data.split_side_by_side(rgb, "left")
+    with pytest.raises(BadImage, match="twice as wide"):
+        split_side_by_side(rgb, "left")
 
 
 def test_decode_pair_rejects_mismatched_sizes(rgb):
     record = {"layout": "paired", "source": encode(rgb), "target": encode(rgb[:16])}
-    with pytest.raises(data.BadImage, match="32x32 but target is 32x16"):
-        data.decode_pair(record)
+    with pytest.raises(BadImage, match="32x32 but target is 32x16"):
+        decode_pair(record)
 
 
 def blocks_image(size: int = 64) -> np.ndarray:
@@ -81,20 +83,20 @@ def centre_of(image: np.ndarray, colour) -> np.ndarray:
 
 def test_training_augmentation_crops_and_flips_source_and_target_alike():
     image = blocks_image()
-    transform = data.paired_transform(64, train=True, seed=3)
+    transform = paired_transform(64, train=True, seed=3)
     for _ in range(12):
-        source, target = data.augment_pair(transform, image, image.copy())
+        source, target = augment_pair(transform, image, image.copy())
         assert source.shape == target.shape == (64, 64, 3)
         for colour in ((255, 0, 0), (0, 127, 255)):
             assert np.abs(centre_of(source, colour) - centre_of(target, colour)).max() < 1.0
-    assert data.load_size_for(256) == 286
+    assert load_size_for(256) == 286
 
 
 def test_the_target_keeps_its_exact_colours_the_source_is_interpolated():
     image = blocks_image()
     colours = {tuple(c) for c in image.reshape(-1, 3)}
     for train in (True, False):
-        source, target = data.augment_pair(data.paired_transform(64 if train else 48, train=train, seed=1),
+        source, target = augment_pair(paired_transform(64 if train else 48, train=train, seed=1),
                                            image, image.copy())
         assert {tuple(c) for c in target.reshape(-1, 3)} <= colours
         assert len({tuple(c) for c in source.reshape(-1, 3)}) > len(colours)
@@ -102,14 +104,14 @@ def test_the_target_keeps_its_exact_colours_the_source_is_interpolated():
 
 def test_augmentation_crops_and_flips_vary():
     image = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    transform = data.paired_transform(64, train=True, seed=5)
-    outputs = {data.augment_pair(transform, image, image)[0].tobytes() for _ in range(10)}
+    transform = paired_transform(64, train=True, seed=5)
+    outputs = {augment_pair(transform, image, image)[0].tobytes() for _ in range(10)}
     assert len(outputs) > 3
     marker = np.zeros((64, 64, 3), dtype=np.uint8)
     marker[:, :8] = 255  # a bright left edge ends up on the right after a flip
     sides = set()
     for _ in range(20):
-        source, target = data.augment_pair(transform, marker, marker)
+        source, target = augment_pair(transform, marker, marker)
         sides.add(bright_left(source))
         assert bright_left(target) == bright_left(source)
     assert sides == {True, False}
@@ -131,26 +133,26 @@ def bright_corner(image: np.ndarray) -> tuple[int, int]:
 def test_square_flips_also_rotate_source_and_target_alike(flips, corners):
     marker = np.zeros((64, 64, 3), dtype=np.uint8)
     marker[:16, :16] = 255  # top left: a horizontal flip moves it right, a quarter turn down too
-    transform = data.paired_transform(64, train=True, seed=4, flips=flips)
+    transform = paired_transform(64, train=True, seed=4, flips=flips)
     seen = set()
     for _ in range(40):
-        source, target = data.augment_pair(transform, marker, marker)
+        source, target = augment_pair(transform, marker, marker)
         assert bright_corner(target) == bright_corner(source)
         seen.add(bright_corner(source))
     assert seen == corners
 
 
 def test_eval_transform_resizes_only(rgb):
-    source, target = data.augment_pair(data.paired_transform(64, train=False), rgb, rgb)
+    source, target = augment_pair(paired_transform(64, train=False), rgb, rgb)
     assert source.shape == target.shape == (64, 64, 3)
-    same_size = data.augment_pair(data.paired_transform(32, train=False), rgb, rgb)
+    same_size = augment_pair(paired_transform(32, train=False), rgb, rgb)
     assert np.array_equal(same_size[0], rgb) and np.array_equal(same_size[1], rgb)
 
 
 def test_preprocess_records_gives_uint8_nchw_and_model_range(rgb):
     record = {"key": "a", "layout": "side-by-side", "image": encode(np.concatenate([rgb, rgb], 1)),
               "source_side": "left"}
-    batch = data.preprocess_records([record, record], data.paired_transform(32, train=False))
+    batch = preprocess_records([record, record], paired_transform(32, train=False))
     assert batch["source"].shape == (2, 3, 32, 32) and batch["source"].dtype == np.uint8
     scaled = to_model_range(batch["source"].astype(np.float32))
     assert scaled.min() >= -1 and scaled.max() <= 1
@@ -158,7 +160,7 @@ def test_preprocess_records_gives_uint8_nchw_and_model_range(rgb):
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_encode_round_trip(rgb, fmt):
-    decoded = data.decode_image(data.encode_image(rgb, fmt))
+    decoded = decode_image(encode_image(rgb, fmt))
     assert decoded.shape == rgb.shape
     if fmt == "png":
         assert np.array_equal(decoded, rgb)

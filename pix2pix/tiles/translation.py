@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pix2pix.data import DEFAULT_MAX_PIXELS, BadImage
 from pix2pix.hashing import stable_seed
-from pix2pix.palette import palette_classes, snap_to_palette
-from pix2pix.inference import memory_format, run_generator
-from pix2pix.ranges import to_uint8
+from pix2pix.images import DEFAULT_MAX_PIXELS, BadImage
+from pix2pix.model.inference import memory_format, run_generator
+from pix2pix.model.palette import palette_classes, snap_to_palette
+from pix2pix.model.ranges import to_uint8
 
 ON_SIZE = ("resize", "error")
 # Context blocks are BLOCK_TILES x BLOCK_TILES tiles plus a ring of neighbours: reading the

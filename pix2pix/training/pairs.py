@@ -1,4 +1,5 @@
-"""Finding image pairs in a listing of raw files, and the train/val split.
+"""Image pairs: finding them in a listing of raw files, the train/val split, and decoding a
+shard row into its two images.
 
 Two input layouts:
 - side-by-side: one image per pair, source and target as its halves (the pix2pix datasets);
@@ -16,10 +17,16 @@ import posixpath
 from collections import defaultdict
 from dataclasses import dataclass
 
-from pix2pix.data import IMAGE_SUFFIXES, PAIRED, SIDE_BY_SIDE
+import numpy as np
+
 from pix2pix.hashing import stable_hash
+from pix2pix.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImage, decode_image
 
 SPLITS = ("train", "val", "test")
+SIDE_BY_SIDE = "side-by-side"
+PAIRED = "paired"
+LAYOUTS = (SIDE_BY_SIDE, PAIRED)
+DIRECTIONS = ("AtoB", "BtoA")
 
 
 @dataclass(frozen=True)
@@ -125,3 +132,32 @@ def _pairing_problem(key, sources, targets, source_dir, target_dir) -> str:
     if not sources:
         return f"no matching file in {source_dir}/ for {key!r}"
     return f"ambiguous pair {key!r}: {len(sources)} source and {len(targets)} target files share the stem"
+
+
+def split_side_by_side(image: np.ndarray, source_side: str) -> tuple[np.ndarray, np.ndarray]:
+    """One image holding two halves -> (source, target)."""
+    height, width = image.shape[:2]
+    if width % 2 or width // 2 != height:
+        raise BadImage(f"side-by-side image must be twice as wide as high, got {width}x{height}")
+    left, right = image[:, : width // 2], image[:, width // 2 :]
+    if source_side == "left":
+        return left, right
+    if source_side == "right":
+        return right, left
+    raise BadImage(f"source_side must be 'left' or 'right', got {source_side!r}")
+
+
+def decode_pair(record: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """A shard row -> (source, target) HxWx3 uint8 arrays of equal size."""
+    if record["layout"] == SIDE_BY_SIDE:
+        return split_side_by_side(decode_image(record["image"], 2 * max_pixels), record["source_side"])
+    if record["layout"] == PAIRED:
+        source = decode_image(record["source"], max_pixels)
+        target = decode_image(record["target"], max_pixels)
+        if source.shape != target.shape:
+            raise BadImage(
+                f"source is {source.shape[1]}x{source.shape[0]} but target is "
+                f"{target.shape[1]}x{target.shape[0]}"
+            )
+        return source, target
+    raise BadImage(f"unknown layout {record['layout']!r}; expected one of {LAYOUTS}")

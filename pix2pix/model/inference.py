@@ -1,5 +1,5 @@
 """The one way a generator runs outside its training step: validation (Pix2Pix.translate),
-evaluation (pix2pix.evaluation) and production tiles (pix2pix.translation) all call
+evaluation (pix2pix.evaluation) and production tiles (pix2pix.tiles.translation) all call
 ``run_generator``, so they share the input conversion, the memory layout, the precision and the
 per-image seeding of stochastic runs."""
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pix2pix.precision import autocast
-from pix2pix.ranges import to_model_range
+from pix2pix.model.precision import autocast
+from pix2pix.model.ranges import to_model_range
 
 
 def memory_format(channels_last: bool | None = None, device: torch.device | str = "cpu",

@@ -20,12 +20,12 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from pix2pix.palette import palette_classes
-from pix2pix.ranges import to_model_range, to_uint8, to_unit
+from pix2pix.model.palette import palette_classes
+from pix2pix.model.ranges import to_model_range, to_uint8, to_unit
 
 _SSIM_SIGMA = 1.5
 _SSIM_RADIUS = 5  # an 11-pixel Gaussian window, as in Wang et al. 2004 and torchmetrics

@@ -19,8 +19,8 @@ from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
 
 from pix2pix import storage
-from pix2pix.palette import parse_palette
-from pix2pix.tiles import TileKey, parse_tile_key
+from pix2pix.model.palette import parse_palette
+from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
 TILEJSON_FILE = "tiles.json"
 TILE_TYPES = {".png": TileType.PNG, ".jpg": TileType.JPEG, ".jpeg": TileType.JPEG, ".webp": TileType.WEBP}

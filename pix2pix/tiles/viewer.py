@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pix2pix import storage
-from pix2pix.tiles import TileKey
-from pix2pix.tileset import Archive, TileSetError, folder_palette, scan, tilejson
+from pix2pix.tiles.tileset import Archive, TileSetError, folder_palette, scan, tilejson
+from pix2pix.tiles.xyz import TileKey
 
 PAGE = Path(__file__).with_name("viewer.html")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}

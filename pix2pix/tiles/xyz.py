@@ -1,20 +1,19 @@
-"""XYZ (slippy map) tile keys, bounding boxes and image mosaics."""
+"""XYZ (slippy map) tile keys, bounding boxes, neighbours and tile mosaics."""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Mapping
 
-import numpy as np
 from PIL import Image
+
+from pix2pix.images import ImageLike, to_pil
 
 # Web Mercator is undefined at the poles; tiles cover latitudes within this limit.
 MAX_LATITUDE = 85.0511287798066
 MAX_ZOOM = 30
-
-ImageLike = Union[Image.Image, np.ndarray]
 
 _NUMBER = re.compile(r"[0-9]+")
 
@@ -98,16 +97,6 @@ def neighbours(tile: TileKey) -> dict[tuple[int, int], TileKey]:
     return result
 
 
-def to_pil(image: ImageLike) -> Image.Image:
-    """PIL image (converted to RGB) or HxWx3 uint8 array -> RGB PIL image."""
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 array, got shape {array.shape} dtype {array.dtype}")
-    return Image.fromarray(np.ascontiguousarray(array))
-
-
 def mosaic(tiles: Mapping[TileKey, ImageLike], background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
     """Place same-zoom, same-size tiles on one image: x grows to the right, y downwards (north on top).
 
@@ -133,31 +122,3 @@ def mosaic(tiles: Mapping[TileKey, ImageLike], background: tuple[int, int, int] 
     return canvas
 
 
-def side_by_side(*images: ImageLike, gap: int = 0, background: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """Images left to right, top-aligned, `gap` pixels apart; height is the tallest image's."""
-    if not images:
-        raise ValueError("side_by_side needs at least one image")
-    pils = [to_pil(img) for img in images]
-    width = sum(img.width for img in pils) + gap * (len(pils) - 1)
-    canvas = Image.new("RGB", (width, max(img.height for img in pils)), tuple(background))
-    left = 0
-    for img in pils:
-        canvas.paste(img, (left, 0))
-        left += img.width + gap
-    return canvas
-
-
-def image_grid(
-    rows: Sequence[Sequence[ImageLike]], gap: int = 0, background: tuple[int, int, int] = (0, 0, 0)
-) -> Image.Image:
-    """Rows of `side_by_side` images stacked top to bottom, `gap` pixels apart in both directions."""
-    if not rows:
-        raise ValueError("image_grid needs at least one row")
-    strips = [side_by_side(*row, gap=gap, background=background) for row in rows]
-    height = sum(s.height for s in strips) + gap * (len(strips) - 1)
-    canvas = Image.new("RGB", (max(s.width for s in strips), height), tuple(background))
-    top = 0
-    for strip in strips:
-        canvas.paste(strip, (0, top))
-        top += strip.height + gap
-    return canvas

@@ -6,7 +6,7 @@ training about twice its CPU share (bench/README.md, Training). Ray Train V2 sta
 beside the workers. Two do nothing for this job:
 
 - DatasetManager serves the Ray Datasets passed to the trainer. The job passes none (each worker
-  reads its own shards, pix2pix/shards.py): without datasets it is dropped, on every cluster.
+  reads its own shards, pix2pix/training/shards.py): without datasets it is dropped, on every cluster.
 - PlacementGroupCleaner is a detached actor that frees the workers' placement group when the
   controller dies ungracefully on a cluster that stays up. An instance the job started itself
   goes down with the job, the group with it; there it is dropped. (It also polls the
@@ -23,7 +23,7 @@ from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 
-class JobTrainer(ray.train.torch.TorchTrainer):
+class LeanTorchTrainer(ray.train.torch.TorchTrainer):
     """``owns_instance``: the Ray instance was started by this process (session.owns_instance)."""
 
     def __init__(self, *args, owns_instance: bool = False, **kwargs):

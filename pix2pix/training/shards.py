@@ -28,7 +28,7 @@ import torch
 
 from pix2pix import storage
 from pix2pix.hashing import stable_hash
-from pix2pix.data import paired_transform, preprocess_records
+from pix2pix.training.augmentation import paired_transform, preprocess_records
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([

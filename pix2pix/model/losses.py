@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pix2pix.palette import Palette, palette_classes
-from pix2pix.ranges import to_model_range
+from pix2pix.model.palette import Palette, palette_classes
+from pix2pix.model.ranges import to_model_range
 
 
 def _bce_against(logits: Tensor, label: float) -> Tensor:

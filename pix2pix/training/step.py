@@ -19,21 +19,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pix2pix.checkpoint import ExportInfo
-from pix2pix.inference import memory_format, model_inputs, run_generator
-from pix2pix.losses import PaletteTerm, discriminator_loss, generator_loss
-from pix2pix.metrics import MetricAccumulator
-from pix2pix.ranges import to_uint8
-from pix2pix.networks import (
+from pix2pix.images import image_grid
+from pix2pix.model.export import ExportInfo
+from pix2pix.model.inference import memory_format, model_inputs, run_generator
+from pix2pix.model.losses import PaletteTerm, discriminator_loss, generator_loss
+from pix2pix.model.metrics import MetricAccumulator
+from pix2pix.model.networks import (
     DiscriminatorConfig,
     GeneratorConfig,
     PatchDiscriminator,
     UNetGenerator,
     check_image_size,
 )
-from pix2pix.palette import Palette
-from pix2pix.precision import autocast, resolve_precision
-from pix2pix.tiles import image_grid
+from pix2pix.model.palette import Palette
+from pix2pix.model.precision import autocast, resolve_precision
+from pix2pix.model.ranges import to_uint8
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
 

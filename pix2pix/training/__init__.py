@@ -1,0 +1,1 @@
+"""The training pipeline: the training step, its schedule, the shards it reads, pairing and augmentation."""
