@@ -16,12 +16,12 @@ from /proc for 30 s in the middle of each job's epoch.
 Toy modes (--toy, small numbers of pairs; quick checks that decide nothing):
 
 Run it on an idle machine: Ray workers run at nice 15, so any other load starves them.
-The bare loop trains on pairs decoded beforehand; the Ray job decodes and augments in Ray Data
-tasks while it trains, on the same cores, which is part of what it costs. This VM's speed
+In the toy modes the bare loop trains on pairs decoded beforehand; the Ray job's workers decode
+and augment their own shards (TrainingPairs: a background thread in each worker, no Ray Data
+stage) while they train, on the same cores, which is part of what it costs. This VM's speed
 drifts by up to 30% over minutes, so the bare loop runs before and after the Ray job and the
 ratios use their mean. The Ray figures are of the job's last epoch (workers warm); "steady"
-leaves out that epoch's wait for its first batch, which is near zero now that the whole run
-reads one Ray Data stream (it was the cost of restarting Ray Data every epoch).
+leaves out that epoch's wait for its first batch.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def ray_job(config: TrainConfig, data: str, storage_uri: str, threads: int) -> d
     from pix2pix.distributed import session, train
 
     session.init()
-    resources = train.Resources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, threads=threads)
+    resources = train.TrainResources(num_workers=1, use_gpu=False, cpus_per_worker=1.0, threads=threads)
     job = train.JobConfig(train=config, data_uri=data, threads=threads, checkpoint_every=100)
     result = train.fit(job, resources, storage_uri, "bench")
     if result.error:
@@ -249,7 +249,7 @@ def side_by_side(config: TrainConfig, work: Path) -> dict[str, float]:
         os.sched_setaffinity(0, {1})  # Ray's processes inherit it
         session.init()
         prepare(str(work / "raw"), str(work / "data"), val_fraction=0.0)
-        resources = train.Resources(num_workers=1, use_gpu=False, cpus_per_worker=0.5, threads=1)
+        resources = train.TrainResources(num_workers=1, use_gpu=False, cpus_per_worker=0.5, threads=1)
         job = train.JobConfig(train=config, data_uri=str(work / "data"), threads=1, checkpoint_every=100)
         result = train.fit(job, resources, str(work / "runs"), "bench")
         ended = time.time()

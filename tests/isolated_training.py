@@ -39,7 +39,7 @@ def main() -> None:
              runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     config = TrainConfig(image_size=image_size, ngf=ngf, ndf=ngf, depth=4, epochs=1, epochs_decay=1, batch_size=1,
                          precision="fp32")
-    resources = train.plan_resources(workers, False, None if cpus == "auto" else float(cpus), 1)
+    resources = train.plan_train_resources(workers, False, None if cpus == "auto" else float(cpus), 1)
     seen = {"min_free_cpu": float("inf"), "actors": set()}
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(stop, seen), daemon=True)

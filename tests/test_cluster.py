@@ -632,52 +632,52 @@ def test_training_asks_for_gpus_before_any_gpu_node_exists(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 0.0})  # a head with num-cpus 0, workers at zero
-    plan = train.plan_resources(4, True, None, None, nodes=[])
+    plan = train.plan_train_resources(4, True, None, None, nodes=[])
     assert plan.use_gpu and plan.num_workers == 4 and plan.cpus_per_worker == 1.0
-    assert train.plan_resources(None, True, None, None, nodes=[]).num_workers == 1  # GPU nodes still to come
+    assert train.plan_train_resources(None, True, None, None, nodes=[]).num_workers == 1  # GPU nodes still to come
 
 
 def test_one_worker_per_gpu_by_default(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 64.0, "GPU": 8.0})
-    plan = train.plan_resources(None, None, None, None, nodes=[64.0])
+    plan = train.plan_train_resources(None, None, None, None, nodes=[64.0])
     assert plan.use_gpu and plan.num_workers == 8 and (plan.cpus_per_worker, plan.threads) == (1.0, 1)
-    assert train.plan_resources(2, None, None, None, nodes=[64.0]).num_workers == 2  # --num-workers wins
+    assert train.plan_train_resources(2, None, None, None, nodes=[64.0]).num_workers == 2  # --num-workers wins
 
 
 def test_cpu_workers_share_the_nodes_and_fit_them(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 2.0})  # CPU-only: auto-detection trains on CPUs
-    plan = train.plan_resources(1, None, None, None, nodes=[2.0])
+    plan = train.plan_train_resources(1, None, None, None, nodes=[2.0])
     assert not plan.use_gpu and (plan.cpus_per_worker, plan.threads) == (2.0, 2)  # no CPU kept for data tasks
-    assert train.plan_resources(3, None, None, None, nodes=[2.0]).cpus_per_worker == 0.66
+    assert train.plan_train_resources(3, None, None, None, nodes=[2.0]).cpus_per_worker == 0.66
     # 4 workers on 3 nodes of 8: two per node at most, so each fits with 4 CPUs
-    plan = train.plan_resources(4, None, None, None, nodes=[8.0, 8.0, 8.0])
+    plan = train.plan_train_resources(4, None, None, None, nodes=[8.0, 8.0, 8.0])
     assert (plan.cpus_per_worker, plan.threads) == (4.0, 4)
-    assert train.plan_resources(2, None, None, None, nodes=[]).cpus_per_worker == 1.0  # nodes still to come
-    assert train.plan_resources(2, False, 0.5, 3, nodes=[2.0]) == train.Resources(2, False, 0.5, 3)
+    assert train.plan_train_resources(2, None, None, None, nodes=[]).cpus_per_worker == 1.0  # nodes still to come
+    assert train.plan_train_resources(2, False, 0.5, 3, nodes=[2.0]) == train.TrainResources(2, False, 0.5, 3)
 
 
 def test_translate_places_generators_on_gpus_and_runs_on_cpus_alone(monkeypatch):
-    from pix2pix.distributed.translate import TranslateOptions, plan_resources
+    from pix2pix.distributed.translate import TranslateOptions, plan_translate_resources
 
     options = TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run")
     fake_cluster(monkeypatch, {"CPU": 44.0, "GPU": 2.0})  # two GPU nodes and a CPU node
-    plan = plan_resources(options)
+    plan = plan_translate_resources(options)
     assert plan.device == "cuda" and plan.max_actors == 2 and plan.actor_cpus == 1.0
     assert plan.io_actors > 1  # read/write actors (CPU only) on the remaining CPUs
     fake_cluster(monkeypatch, {"CPU": 4.0})  # CPU-only cluster: everything still runs
-    plan = plan_resources(options)
+    plan = plan_translate_resources(options)
     assert plan.device == "cpu" and plan.max_actors >= 1
 
 
 def test_translate_gpu_on_an_autoscaling_cluster_with_no_gpu_node_yet(monkeypatch):
-    from pix2pix.distributed.translate import TranslateOptions, plan_resources
+    from pix2pix.distributed.translate import TranslateOptions, plan_translate_resources
 
     fake_cluster(monkeypatch, {"CPU": 0.0})
-    plan = plan_resources(TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run",
+    plan = plan_translate_resources(TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run",
                                            gpu=True, max_actors=4))
     assert plan.device == "cuda" and plan.max_actors == 4 and plan.io_actors >= 8  # CPU nodes get asked for too
 
@@ -715,20 +715,21 @@ def test_every_job_request_launches_the_node_type_meant_for_it(monkeypatch):
     (a GPU node must never be bought for decoding), and a worker bigger than every type stays
     unfulfilled (the jobs then say so: tests/test_autoscaling.py)."""
     from pix2pix.distributed import train
-    from pix2pix.distributed.translate import IO_CPUS, TranslateOptions, plan_resources
+    from pix2pix.distributed.translate import IO_CPUS, TranslateOptions, plan_translate_resources
 
     fake_cluster(monkeypatch, {"CPU": 0.0})  # the head alone, every worker type at 0 nodes
     options = TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run", gpu=True)
-    generator = plan_resources(options)
+    generator = plan_translate_resources(options)
     for label, types, head in autoscaler_node_types():
         workers = {name: spec for name, spec in types.items() if name != head}
         [gpu_type] = [name for name, spec in workers.items() if spec["resources"].get("GPU")]
         [cpu_type] = [name for name, spec in workers.items() if not spec["resources"].get("GPU")]
         node_cpus = workers[cpu_type]["resources"]["CPU"]
-        gpu_asks = [train.worker_bundle(train.plan_resources(None, True, None, None, nodes=[])),
+        gpu_asks = [train.worker_bundle(train.plan_train_resources(None, True, None, None, nodes=[])),
                     {"CPU": generator.actor_cpus, "GPU": 1.0}]
-        cpu_asks = [train.worker_bundle(train.plan_resources(None, False, None, None, nodes=[])),  # before nodes
-                    train.worker_bundle(train.plan_resources(None, False, None, None, nodes=[node_cpus])),  # after
+        cpu_asks = [train.worker_bundle(train.plan_train_resources(None, False, None, None, nodes=[])),  # before nodes
+                    # after nodes:
+                    train.worker_bundle(train.plan_train_resources(None, False, None, None, nodes=[node_cpus])),
                     {"CPU": IO_CPUS}]
         for bundle in gpu_asks:
             assert launches_for(types, head, bundle) == ({gpu_type: 1}, []), (label, bundle)

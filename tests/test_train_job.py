@@ -60,9 +60,9 @@ def job_config(data_uri, train=TINY, **options):
 
 
 def two_cpu_workers():
-    from pix2pix.distributed.train import Resources
+    from pix2pix.distributed.train import TrainResources
 
-    return Resources(num_workers=2, use_gpu=False, cpus_per_worker=0.5, threads=1)
+    return TrainResources(num_workers=2, use_gpu=False, cpus_per_worker=0.5, threads=1)
 
 
 def assert_export_reproduces_training_state(run_uri: str, checkpoint_path: str, weights: str = "generator"):

@@ -7,7 +7,7 @@ are all-reduced, so the result covers the whole split once.
 
 Why a run cannot deadlock: after the workers start, a run needs no Ray resource beyond the
 workers' own bundles. No data stage runs as a Ray task or actor, so no stage can hold a CPU
-that another stage (or validation) waits for, on any cluster size; ``plan_resources`` only
+that another stage (or validation) waits for, on any cluster size; ``plan_train_resources`` only
 sizes the workers' bundles to fit the nodes.
 """
 
@@ -337,7 +337,7 @@ def _epoch_line(metrics: dict) -> str:
 
 
 @dataclass
-class Resources:
+class TrainResources:
     num_workers: int
     use_gpu: bool
     cpus_per_worker: float
@@ -349,8 +349,8 @@ def node_cpus() -> list[float]:
     return [node["CPU"] for node in capacity.alive_nodes() if node.get("CPU", 0) > 0]
 
 
-def plan_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
-                   threads: int | None, nodes: list[float] | None = None) -> Resources:
+def plan_train_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
+                   threads: int | None, nodes: list[float] | None = None) -> TrainResources:
     """Workers' bundles that fit the nodes. Training needs nothing else (see the module's
     docstring), so on CPUs the workers share every CPU: spread over the nodes, each worker gets
     an equal part of the smallest node. On an autoscaling cluster with no worker node yet, and on
@@ -370,22 +370,22 @@ def plan_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: f
             cpus_per_worker = float(math.floor(share)) if share >= 1 else math.floor(share * 100) / 100
     if threads is None:
         threads = 1 if use_gpu else max(1, int(cpus_per_worker))
-    return Resources(num_workers, use_gpu, cpus_per_worker, threads)
+    return TrainResources(num_workers, use_gpu, cpus_per_worker, threads)
 
 
-def worker_bundle(resources: Resources) -> dict[str, float]:
+def worker_bundle(resources: TrainResources) -> dict[str, float]:
     return {"CPU": resources.cpus_per_worker, **({"GPU": 1.0} if resources.use_gpu else {})}
 
 
 def plan_on_cluster(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
-                    threads: int | None) -> Resources:
-    """plan_resources, once a node can hold one worker (capacity.wait_for_node). On an
+                    threads: int | None) -> TrainResources:
+    """plan_train_resources, once a node can hold one worker (capacity.wait_for_node). On an
     autoscaling cluster that starts with no worker node, the plan is made again for the node
     that came up, so CPU workers get its CPUs rather than the one CPU asked for."""
-    resources = plan_resources(num_workers, gpu, cpus_per_worker, threads)
+    resources = plan_train_resources(num_workers, gpu, cpus_per_worker, threads)
     hint = "ask for less with --cpus-per-worker" + (", or train on CPUs with --cpu" if resources.use_gpu else "")
     if capacity.wait_for_node(worker_bundle(resources), "a training worker", hint) > 0:
-        resources = plan_resources(num_workers, gpu, cpus_per_worker, threads)
+        resources = plan_train_resources(num_workers, gpu, cpus_per_worker, threads)
     return resources
 
 
@@ -409,7 +409,7 @@ def check_resume(run: storage.Location, config: TrainConfig, palette: dict | Non
     return info.epoch
 
 
-def fit(config: JobConfig, resources: Resources, storage_uri: str, name: str, max_failures: int = 0,
+def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2, verbose: bool = False) -> ray.train.Result:
     location = storage.resolve(storage_uri)
     check_resume(location.join(name), config.train, config.palette)

@@ -94,7 +94,7 @@ class TranslateOptions:
 # ---- the driver ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Resources:
+class TranslateResources:
     device: str
     threads: int
     actor_cpus: float
@@ -103,7 +103,7 @@ class Resources:
     io_actors: int  # the most read actors, and write actors
 
 
-def plan_resources(options: TranslateOptions) -> Resources:
+def plan_translate_resources(options: TranslateOptions) -> TranslateResources:
     """GPU actors: one GPU each, and all remaining CPUs for reading and writing (encoding PNGs
     is the bottleneck next to a GPU). CPU actors: one torch thread each by default, one actor
     per CPU: two single-threaded actors beat one two-threaded actor (bench/README.md,
@@ -129,7 +129,7 @@ def plan_resources(options: TranslateOptions) -> Resources:
         io_actors = max(1, math.ceil(high / 4))  # PNG encoding is ~1/6 of a CPU generator's work
         # Leave room for the read and write actors and one planning task.
         actor_cpus = min(float(threads), max(0.1, (cpus - (2 * io_actors + 1) * IO_CPUS) / high))
-    return Resources("cuda" if use_gpu else "cpu", threads, round(actor_cpus, 2), low, high, io_actors)
+    return TranslateResources("cuda" if use_gpu else "cpu", threads, round(actor_cpus, 2), low, high, io_actors)
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Pipeline:
     """The Ray Data pipeline of a run and the choices it was built with."""
 
     statuses: ray.data.Dataset  # one status row per unit, once written (or failed, or skipped)
-    resources: Resources
+    resources: TranslateResources
     precision: str
     units_per_call: int
     counts: defaultdict  # tallied as the statuses arrive; the planning tasks report "planned"
@@ -204,7 +204,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
 
 
 def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
-    resources = plan_resources(options)
+    resources = plan_translate_resources(options)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
     precision = inference_precision(options.precision, resources.device, run.trained_precision) if local \

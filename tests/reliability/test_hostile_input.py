@@ -236,7 +236,7 @@ def test_tampered_checkpoints_never_run_code_and_fail_clearly(tmp_path, record):
 @pytest.mark.timeout(60)
 def test_resuming_a_run_of_another_architecture_is_refused_naming_the_mismatch(tmp_path):
     """Before any worker starts (each would otherwise fail on it, --max-failures times)."""
-    from pix2pix.distributed.train import JobConfig, Resources, fit
+    from pix2pix.distributed.train import JobConfig, TrainResources, fit
     from pix2pix.training.step import TrainConfig
 
     run = tmp_path / "runs" / "city"
@@ -246,5 +246,5 @@ def test_resuming_a_run_of_another_architecture_is_refused_naming_the_mismatch(t
                             "norm is 'instance', expected 'batch'")):
         job = JobConfig(train=train, data_uri=str(tmp_path / "no-data-needed"))
         with pytest.raises(CheckpointError, match=message) as raised:
-            fit(job, Resources(1, False, 1.0, 1), str(tmp_path / "runs"), "city")
+            fit(job, TrainResources(1, False, 1.0, 1), str(tmp_path / "runs"), "city")
         assert "use another --name" in str(raised.value)

@@ -1,0 +1,103 @@
+"""The layout is the design: one model core, a training pipeline and a tile pipeline over it,
+Ray only at the edge. These tests read every import (function-level ones included) so that a
+shortcut across the layers fails here rather than in a reader's head."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "pix2pix"
+# What a GPU machine may lack (bench/gpu_check.py runs the model core and the training step there).
+HEAVY = ("albumentations", "cv2", "mercantile", "pyarrow", "ray")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of its code (``from pix2pix import storage``
+    counts as pix2pix.storage)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "pix2pix" or node.module.startswith("pix2pix."):
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {module_name(path): imports_of(path) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def offenders(importer: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    return {module: sorted(name for name in imported if any(within(name, bad) for bad in forbidden))
+            for module, imported in MODULES.items() if within(module, importer)
+            and any(within(name, bad) for name in imported for bad in forbidden)}
+
+
+def test_the_layers_are_what_the_layout_says():
+    assert {"pix2pix.model", "pix2pix.training", "pix2pix.tiles", "pix2pix.distributed"} <= set(MODULES)
+    # The model core stands alone: it imports only itself.
+    core = {module: sorted(name for name in imported if within(name, "pix2pix") and not within(name, "pix2pix.model"))
+            for module, imported in MODULES.items() if within(module, "pix2pix.model")}
+    assert not any(core.values()), core
+    # The two pipelines do not reach into each other, nor into Ray's edge.
+    assert offenders("pix2pix.training", ("pix2pix.tiles", "pix2pix.distributed")) == {}
+    assert offenders("pix2pix.tiles", ("pix2pix.training", "pix2pix.distributed")) == {}
+    # Only pix2pix.distributed imports Ray; the library never imports the jobs.
+    ray_users = {module for module, imported in MODULES.items() if any(within(name, "ray") for name in imported)}
+    assert ray_users and all(within(module, "pix2pix.distributed") for module in ray_users), ray_users
+    assert not any(within(name, "jobs") for imported in MODULES.values() for name in imported)
+
+
+def test_no_two_modules_share_a_name():
+    """``progress`` twice, ``train``/``trainer``/``training``: a reader cannot tell them apart."""
+    stems = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "__init__.py":
+            stems.setdefault(path.stem, []).append(str(path.relative_to(REPO)))
+    assert {stem: paths for stem, paths in stems.items() if len(paths) > 1} == {}
+
+
+BLOCKER = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {HEAVY!r}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(REPO)!r})
+"""
+
+
+@pytest.mark.parametrize("imports", [
+    "import " + ", ".join(sorted(name for name in MODULES if within(name, "pix2pix.model"))),
+    "import pix2pix.training.step, pix2pix.training.budget",
+    "import runpy; runpy.run_path('bench/gpu_check.py', run_name='gpu_check_imported')",
+], ids=["model core", "training step", "bench/gpu_check.py"])
+def test_the_model_core_and_the_training_step_need_none_of_the_pipeline_libraries(imports):
+    completed = subprocess.run([sys.executable, "-c", BLOCKER + imports], cwd=REPO, capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_the_blocker_blocks():
+    """The check above can fail: a module of the tile pipeline needs a blocked library."""
+    completed = subprocess.run([sys.executable, "-c", BLOCKER + "import pix2pix.tiles.plan"], cwd=REPO,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0 and "blocked:" in completed.stderr
