@@ -33,11 +33,9 @@ CANDIDATES = {
     "palette": "--palette-weight 3 --upsample transposed",
     "final": "--palette-weight 3 --upsample resize",  # the winners combined: the compact defaults
     "balance2": "--palette-weight 3 --upsample resize --palette-balance 2",  # rare classes (roads) first
-    "palout": "--palette-weight 3 --upsample resize --palette-output",  # G draws classes, not RGB
     "ndf32": "--ndf 32",  # the compact recipe's discriminator before 2026-12-06 (now ndf 16)
     "crop128": "--crop-size 128",  # train on 128 px crops (a 7-level U-Net), validate and translate at 256
     "decay1": "--decay-fraction 1",  # the budget's lr decays linearly from the first step (not half and half)
-    "iou3": "--palette-iou-weight 3",  # a soft-IoU term beside the palette cross-entropy
     "square": "--flips square",  # the square's eight symmetries instead of horizontal flips only
 }
 SHOWN = ("building", "road", "water", "vegetation", "soil", "other", "wetland")

@@ -100,13 +100,6 @@ def parse_args(argv=None):
                         help="the power of the palette term's class weights, (median class frequency / "
                         f"frequency) ** P: 0 unweighted, 1 balanced, > 1 rare classes first (default: "
                         f"{DEFAULTS.palette_balance:g})")
-    recipe.add_argument("--palette-iou-weight", type=float, default=None,
-                        help="with --palette: weight of a soft-IoU (Jaccard) term on the same class probabilities, "
-                        "each class present in a tile counting the same; 0: off (default: "
-                        f"{DEFAULTS.palette_iou_weight:g})")
-    recipe.add_argument("--palette-output", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --palette: the generator outputs one logit per palette class and draws the most "
-                        "likely class's colour, instead of RGB snapped to the nearest colour (default: the recipe's)")
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
@@ -133,9 +126,8 @@ def parse_args(argv=None):
     parser.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                         help="recorded in the export (default: the one the dataset was prepared with)")
     args = parser.parse_args(argv)
-    for name in ("palette_weight", "palette_iou_weight"):
-        if getattr(args, name) and args.data is not None and not args.palette:
-            parser.error(f"--{name.replace('_', '-')} needs --palette (the classes it weighs)")
+    if args.palette_weight and args.data is not None and not args.palette:
+        parser.error("--palette-weight needs --palette (the classes it weighs)")
     if args.max_minutes is not None and args.max_minutes <= 0:
         parser.error("--max-minutes must be positive")
     if args.decay_fraction is not None:
@@ -151,9 +143,8 @@ def parse_args(argv=None):
 
 
 CONFIG_FLAGS = ("image_size", "crop_size", "flips", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr",
-                "upsample", "ema_decay", "palette_weight", "palette_temperature", "palette_balance",
-                "palette_iou_weight", "palette_output", "norm", "dropout", "beta1", "lambda_l1", "precision",
-                "channels_last", "seed")
+                "upsample", "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "norm", "dropout",
+                "beta1", "lambda_l1", "precision", "channels_last", "seed")
 
 
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:

@@ -7,11 +7,9 @@ from pix2pix.model.losses import (
     PaletteTerm,
     discriminator_loss,
     generator_loss,
-    palette_logits,
     palette_loss,
-    soft_iou_loss,
 )
-from pix2pix.model.palette import RECIFE_PALETTE, palette_classes
+from pix2pix.model.palette import RECIFE_PALETTE
 
 LOG2 = math.log(2.0)
 
@@ -97,9 +95,9 @@ def test_bf16_inputs_give_float32_losses():
     assert g_parts["G_L1"].item() == pytest.approx(expected_l1.item(), rel=1e-6)
 
 
-def recife_term(weights=None, weight=1.0, temperature=0.1, iou_weight=0.0):
+def recife_term(weights=None, weight=1.0, temperature=0.1):
     weights = [1.0] * len(RECIFE_PALETTE) if weights is None else weights
-    return PaletteTerm.build(RECIFE_PALETTE, weights, weight, temperature, iou_weight=iou_weight)
+    return PaletteTerm.build(RECIFE_PALETTE, weights, weight, temperature)
 
 
 def test_the_palette_term_is_lowest_on_the_targets_colour_and_weighs_rare_classes():
@@ -129,40 +127,3 @@ def test_the_palette_term_joins_the_generator_objective_with_its_weight():
     assert torch.allclose(with_term, plain + 5.0 * palette_loss(fake, target, term))
     with_term.backward()
     assert fake.grad is not None and parts["G_palette"].requires_grad is False
-
-
-def test_the_palette_term_uses_a_palette_generators_own_logits():
-    term = recife_term()
-    target = term.colours[3].view(1, 3, 1, 1).expand(1, 3, 4, 4)  # road, class 3
-    building = term.colours[1].view(1, 3, 1, 1).expand(1, 3, 4, 4)
-    logits = torch.zeros(1, 7, 4, 4)
-    logits[:, 3] = 10.0
-    confident = palette_loss(building, target, term, class_logits=logits)
-    assert float(confident) < 0.01  # read off the logits, not the output's colours
-    assert float(palette_loss(building, target, term)) > 1
-
-
-def test_the_soft_iou_term_is_the_iou_of_confident_outputs_and_counts_each_class_present_alike():
-    classes = torch.zeros(1, 4, 4, dtype=torch.long)
-    classes[0, 0, 0] = 3  # one road pixel among fifteen water
-    certain = torch.full((1, 7, 4, 4), -50.0)
-    certain.scatter_(1, classes.unsqueeze(1), 50.0)
-    assert float(soft_iou_loss(certain, classes)) < 1e-6
-    missed_road = torch.full((1, 7, 4, 4), -50.0)
-    missed_road[:, 0] = 50.0  # all water: water IoU 15/16, road 0
-    assert float(soft_iou_loss(missed_road, classes)) == pytest.approx((1 / 16 + 1) / 2)
-    # absent classes do not count: the same output over an all-water target is perfect
-    assert float(soft_iou_loss(missed_road, torch.zeros_like(classes))) < 1e-6
-
-
-def test_the_soft_iou_term_joins_the_generator_objective_with_its_weight():
-    fake = (torch.rand(1, 3, 8, 8) * 2 - 1).requires_grad_()
-    target = torch.rand(1, 3, 8, 8) * 2 - 1
-    logits = torch.zeros(1, 1, 2, 2)
-    plain, plain_parts = generator_loss(logits, fake, target, palette=recife_term(weight=5.0))
-    with_iou, parts = generator_loss(logits, fake, target, palette=recife_term(weight=5.0, iou_weight=2.0))
-    term_logits = palette_logits(fake, recife_term().colours, 0.1)
-    classes = palette_classes(target, RECIFE_PALETTE)
-    assert torch.allclose(with_iou, plain + 2.0 * soft_iou_loss(term_logits, classes))
-    with_iou.backward()
-    assert fake.grad is not None and "G_palette_iou" in parts and "G_palette_iou" not in plain_parts

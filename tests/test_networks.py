@@ -221,27 +221,9 @@ def test_resize_convolution_decoder_has_no_transposed_convolutions():
         GeneratorConfig(upsample="bilinear-ish")
 
 
-def test_a_palette_generator_mixes_its_colours_in_training_and_commits_in_eval():
-    palette = ((255, 0, 0), (127, 127, 127), (0, 0, 255))
-    config = GeneratorConfig(ngf=8, depth=5, palette=[list(colour) for colour in palette])  # as read from JSON
-    assert config.palette == palette and GeneratorConfig.from_dict(config.to_dict()) == config
-    model = UNetGenerator(config)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    image, logits = model(x, with_logits=True)
-    colours = torch.tensor(palette, dtype=torch.float32) / 127.5 - 1
-    assert logits.shape == (2, 3, 32, 32)
-    mixed = torch.einsum("nkhw,kc->nchw", logits.softmax(dim=1), colours)
-    assert torch.allclose(image, mixed, atol=1e-6)
-    image.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    with torch.no_grad():
-        drawn = model.eval()(x)
-    assert torch.equal(drawn, colours[logits.argmax(dim=1)].permute(0, 3, 1, 2))
-    plain = UNetGenerator(GeneratorConfig(ngf=8, depth=5))
-    assert plain(x, with_logits=True)[1] is None
-
-
-@pytest.mark.parametrize("palette", [((1, 2, 3),), ((1, 2, 3), (1, 2)), ((1, 2, 3), (0, 0, 256))])
-def test_a_palette_generator_needs_two_or_more_rgb_colours(palette):
-    with pytest.raises(ValueError, match="palette"):
-        GeneratorConfig(palette=palette)
+def test_exports_from_before_palette_output_was_retired_load_and_palette_generators_are_refused():
+    """Every export written before the retirement records ``"palette": []`` in its generator config."""
+    assert GeneratorConfig.from_dict({**GeneratorConfig(ngf=8, depth=5).to_dict(), "palette": []}) == \
+        GeneratorConfig(ngf=8, depth=5)
+    with pytest.raises(ValueError, match=r"outputs palette classes \(--palette-output\), which was retired"):
+        GeneratorConfig.from_dict({**GeneratorConfig().to_dict(), "palette": [[255, 0, 0], [0, 0, 255]]})

@@ -246,6 +246,20 @@ def test_resuming_another_architecture_is_refused_before_any_worker_starts(tmp_p
         check_resume(storage.resolve(str(tmp_path / "run")), replace(TINY, **widths))
 
 
+def test_resuming_a_run_that_used_a_retired_option_is_refused_in_one_line(tmp_path):
+    from pix2pix.distributed.train import check_resume
+
+    model = Pix2Pix(TINY)
+    directory = storage.resolve(str(tmp_path / "run" / "checkpoint_0001"))
+    os.makedirs(directory.path)
+    state = model.state_dict()
+    checkpoint.save_training_state({**state, "config": {**state["config"], "palette_iou_weight": 3.0}}, directory)
+    checkpoint.export_generator(model.generator, model.export_info(), directory)
+    with pytest.raises(CheckpointError, match=r"^cannot resume .*checkpoint_0001: this run used --palette-iou-weight, "
+                                              r"which was retired .*use another --name to start a new run$"):
+        check_resume(storage.resolve(str(tmp_path / "run")), TINY)
+
+
 def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
     from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history
     from pix2pix.model.palette import RECIFE_PALETTE

@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import replace
 
@@ -5,7 +6,8 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
-from pix2pix.model.ranges import to_uint8
+from pix2pix.model.export import CONFIG_FILE, CheckpointError
+from pix2pix.model.palette import RECIFE_PALETTE
 from pix2pix.training.step import (
     Pix2Pix,
     TrainConfig,
@@ -227,29 +229,31 @@ def test_the_palette_term_trains_only_with_a_palette_and_reports_its_loss():
     assert model.palette_term.class_weights.tolist() == [1, 3, 1, 3, 1, 1, 1]
 
 
-def test_a_palette_output_generator_learns_a_class_and_draws_only_palette_colours(tmp_path):
-    from pix2pix.model.palette import RECIFE_PALETTE
+def test_checkpoints_that_recorded_the_retired_options_off_resume_and_load_the_rest_are_refused(tmp_path):
+    """What the code before the retirement wrote: both options in every training configuration
+    (off by default) and ``"palette": []`` in every export's generator config."""
+    config = TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp32")
+    model = Pix2Pix(config)
+    state = model.state_dict()
+    assert not {"palette_output", "palette_iou_weight"} & set(state["config"])
+    before = {**state, "config": {**state["config"], "palette_output": False, "palette_iou_weight": 0.0}}
+    resumed = Pix2Pix(config)
+    resumed.load_state_dict(before)
+    assert torch.equal(resumed.generator.ups[-1][1].weight, model.generator.ups[-1][1].weight)
+    for name, used in (("palette_output", True), ("palette_iou_weight", 3.0)):
+        flag = "--" + name.replace("_", "-")
+        with pytest.raises(ValueError, match=f"this run used {flag}, which was retired"):
+            Pix2Pix(config).load_state_dict({**state, "config": {**state["config"], name: used}})
 
-    config = TrainConfig(image_size=64, ngf=8, ndf=8, batch_size=2, precision="fp32", dropout=0.0, lr=2e-3,
-                         palette_weight=3.0, palette_output=True)
-    assert Pix2Pix(config).generator.config.palette == ()  # no palette given: an RGB generator
-    model = Pix2Pix(config, palette=RECIFE_PALETTE)
-    assert model.generator.config.palette == tuple(RECIFE_PALETTE.values())
+    checkpoint.export_generator(model.generator, model.export_info(), storage.resolve(str(tmp_path)))
+    written = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**written, "generator": {**written["generator"], "palette": []}}))
+    loaded, _ = checkpoint.load_generator(str(tmp_path))
     source = batch()[0]
-    road = torch.tensor(RECIFE_PALETTE["road"], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 64, 64)
-    first = float(model.train_step(source, road)["G_palette"])
-    for _ in range(40):
-        last = float(model.train_step(source, road)["G_palette"])
-    # the class logits themselves are trained (L1 alone is content with any mix that averages grey)
-    assert last < 0.6 * first
-    drawn = to_uint8(model.translate(source))
-    assert torch.equal(drawn, road.expand_as(drawn))  # eval: the most likely class's exact colour
-    info = model.export_info(palette=RECIFE_PALETTE)
-    checkpoint.export_generator(model.inference_generator, info, storage.resolve(str(tmp_path)))
-    loaded, loaded_info = checkpoint.load_generator(str(tmp_path))
-    assert loaded_info.generator == model.generator.config
     with torch.inference_mode():
-        assert torch.equal(to_uint8(loaded.eval()(model.prepare_inputs(source))), drawn)
-    other = Pix2Pix(TrainConfig(**{**config.to_dict(), "palette_output": False}), palette=RECIFE_PALETTE)
-    with pytest.raises(ValueError, match="differs from the requested"):
-        other.load_state_dict(model.state_dict())
+        assert torch.equal(loaded(model.prepare_inputs(source)), model.generator.eval()(model.prepare_inputs(source)))
+    palette = [list(colour) for colour in RECIFE_PALETTE.values()]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**written, "generator": {**written["generator"],
+                                                                                 "palette": palette}}))
+    with pytest.raises(CheckpointError, match=r"--palette-output\), which was retired"):
+        checkpoint.load_generator(str(tmp_path))

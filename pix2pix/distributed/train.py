@@ -327,7 +327,7 @@ def train_loop_per_worker(job: dict) -> None:
 
 
 def _epoch_line(metrics: dict) -> str:
-    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "G_palette", "G_palette_iou", "D_real", "D_fake",
+    shown = ["epoch", "step", "lr", "budget_used", "G_GAN", "G_L1", "G_palette", "D_real", "D_fake",
              "val_L1", "val_PSNR", "val_SSIM", "val_mIoU",
              *sorted(name for name in metrics if name.startswith("val_IoU/")), "pairs_per_s",
              "epoch_seconds", "first_batch_seconds", "checkpoint_seconds", "validation_seconds",
@@ -389,7 +389,7 @@ def plan_on_cluster(num_workers: int | None, gpu: bool | None, cpus_per_worker: 
     return resources
 
 
-def check_resume(run: storage.Location, config: TrainConfig, palette: dict | None = None) -> int:
+def check_resume(run: storage.Location, config: TrainConfig) -> int:
     """The epoch the run resumes from (0 for a new run). Refuse, in one line and before any
     worker starts, to resume a run whose latest checkpoint is of another architecture (every
     worker attempt would fail on it)."""
@@ -399,20 +399,23 @@ def check_resume(run: storage.Location, config: TrainConfig, palette: dict | Non
     info = checkpoint.read_export_info(latest)
     saved = checkpoint.read_training_config(latest)  # None in checkpoints older than the file
     try:
-        check_architecture(info.generator, config.generator_config(palette), latest.uri)
+        saved = None if saved is None else TrainConfig.from_dict(saved)
+    except ValueError as error:
+        raise CheckpointError(f"cannot resume {latest.uri}: {error}") from None
+    try:
+        check_architecture(info.generator, config.generator_config(), latest.uri)
         if saved is not None:
-            check_architecture(TrainConfig(**saved).discriminator_config(), config.discriminator_config(),
-                                          latest.uri)
+            check_architecture(saved.discriminator_config(), config.discriminator_config(), latest.uri)
     except CheckpointError as error:
         raise CheckpointError(f"cannot resume: {error}; pass the run's own --recipe (or "
-                                         "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
+                              "--ngf/--ndf/--upsample), or use another --name to start a new run") from None
     return info.epoch
 
 
 def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2, verbose: bool = False) -> ray.train.Result:
     location = storage.resolve(storage_uri)
-    check_resume(location.join(name), config.train, config.palette)
+    check_resume(location.join(name), config.train)
     train_shards, val_shards = find_shards(config.data_uri)
     if batches_per_epoch(train_shards.total_rows, resources.num_workers, config.train.batch_size) == 0:
         raise DatasetError(f"{train_shards.total_rows} training pairs make no full batch per worker "

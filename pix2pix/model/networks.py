@@ -57,17 +57,18 @@ class GeneratorConfig(_DictConfig):
     # transposed: the paper's 4x4 stride-2 transposed convolutions; resize: nearest-neighbour
     # 2x then a 3x3 convolution, which has no checkerboard (Odena et al., Distill 2016).
     upsample: str = "transposed"
-    # Empty: an RGB image through tanh (the paper's). A palette's colours (0-255): one logit per
-    # colour instead, and the image is those colours mixed by the class probabilities while
-    # training and the most likely class's colour in eval mode (a colour-coded map commits to
-    # one class per pixel; see ``PaletteImage``).
-    palette: tuple[tuple[int, int, int], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GeneratorConfig:
+        """Exports written before palette output was retired record ``"palette": []``: they load;
+        one that drew palette classes (a non-empty list) is refused."""
+        d = dict(d)
+        if d.pop("palette", None):
+            raise ValueError("this generator outputs palette classes (--palette-output), which was retired: "
+                             "translate with the release that trained it, or train a new model")
+        return super().from_dict(d)
 
     def __post_init__(self):
-        object.__setattr__(self, "palette", tuple(tuple(int(v) for v in colour) for colour in self.palette))
-        if self.palette and (len(self.palette) < 2 or any(
-                len(colour) != 3 or not all(0 <= v <= 255 for v in colour) for colour in self.palette)):
-            raise ValueError("GeneratorConfig.palette must hold at least 2 RGB colours with components 0-255")
         _check_positive(
             "GeneratorConfig", in_channels=self.in_channels,
             out_channels=self.out_channels, ngf=self.ngf,
@@ -181,9 +182,7 @@ class UNetGenerator(nn.Module):
         for level in reversed(range(depth)):
             in_ch = widths[level] if level == innermost else 2 * widths[level]
             if level == 0:
-                final = len(config.palette) or config.out_channels
-                layers = [nn.ReLU(), _up_conv(in_ch, final, True, config.upsample)]
-                layers += [] if config.palette else [nn.Tanh()]
+                layers = [nn.ReLU(), _up_conv(in_ch, config.out_channels, True, config.upsample), nn.Tanh()]
             else:
                 out_ch = widths[level - 1]
                 layers = [nn.ReLU(), _up_conv(in_ch, out_ch, bias, config.upsample), norm_layer(norm, out_ch)]
@@ -193,11 +192,10 @@ class UNetGenerator(nn.Module):
 
         self.downs = nn.ModuleList(downs)
         self.ups = nn.ModuleList(ups)  # innermost first
-        self.palette_image = PaletteImage(config.palette) if config.palette else None
         init_weights(self)
 
-    def forward(self, x: torch.Tensor, with_logits: bool = False):
-        """The image in [-1, 1]; with ``with_logits``, (image, class logits or None)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The image in [-1, 1]."""
         for size in x.shape[-2:]:
             check_image_size(int(size), self.config.depth)
         skips = []
@@ -209,28 +207,7 @@ class UNetGenerator(nn.Module):
         for up in self.ups[1:]:
             # skip first, as in the reference, so weight layouts match its checkpoints
             h = up(torch.cat([skips.pop(), h], dim=1))
-        if self.palette_image is None:
-            return (h, None) if with_logits else h
-        image = self.palette_image(h)
-        return (image, h) if with_logits else image
-
-
-class PaletteImage(nn.Module):
-    """Class logits (N, K, H, W) -> an image (N, 3, H, W) in [-1, 1]: in training mode the
-    palette colours mixed by the softmax probabilities (differentiable, so GAN and L1 train the
-    logits too), in eval mode the colour of the most likely class. Outputs in RGB alone cannot
-    do the latter: a pixel between two classes lands on whichever colour lies between them
-    (the Recife road grey is the centre of the colour cube)."""
-
-    def __init__(self, palette: tuple[tuple[int, int, int], ...]):
-        super().__init__()
-        colours = torch.tensor(palette, dtype=torch.float32) / 127.5 - 1.0
-        self.register_buffer("colours", colours, persistent=False)  # (K, 3), rebuilt from the config
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return torch.einsum("nkhw,kc->nchw", logits.float().softmax(dim=1), self.colours)
-        return self.colours[logits.argmax(dim=1)].permute(0, 3, 1, 2)
+        return h
 
 
 class PatchDiscriminator(nn.Module):

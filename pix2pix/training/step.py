@@ -71,6 +71,10 @@ def default_recipe(use_gpu: bool) -> str:
     return "paper" if use_gpu else "compact"
 
 
+# Options that lost their screens (bench/README.md) and were removed: name -> (flag, off value).
+RETIRED_OPTIONS = {"palette_output": ("--palette-output", False), "palette_iou_weight": ("--palette-iou-weight", 0.0)}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     image_size: int = 256  # validation and inference; training crops it from the pair resized to 286
@@ -95,8 +99,17 @@ class TrainConfig:
     palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
     palette_temperature: float = 0.1
     palette_balance: float = 1.0  # the power of the palette term's median-frequency class weights
-    palette_iou_weight: float = 0.0  # > 0 (with a palette): a soft-IoU term on the palette term's classes
-    palette_output: bool = False  # with a palette: G outputs class logits (GeneratorConfig.palette)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> TrainConfig:
+        """A configuration saved with a checkpoint. Runs saved before an option was retired record
+        it at its off value and keep resuming; a run that used one is refused (ValueError)."""
+        saved = dict(saved)
+        for name, (flag, off) in RETIRED_OPTIONS.items():
+            if saved.pop(name, off) != off:
+                raise ValueError(f"this run used {flag}, which was retired (it lost its screens, bench/README.md): "
+                                 "use another --name to start a new run")
+        return cls(**saved)
 
     @property
     def generator_depth(self) -> int:
@@ -107,11 +120,9 @@ class TrainConfig:
     def total_epochs(self) -> int:
         return self.epochs + self.epochs_decay
 
-    def generator_config(self, palette: Palette | None = None) -> GeneratorConfig:
-        """``palette``: the targets' (None: generic images); it shapes G's output when ``palette_output``."""
-        colours = tuple(palette.values()) if palette and self.palette_output else ()
+    def generator_config(self) -> GeneratorConfig:
         return GeneratorConfig(ngf=self.ngf, depth=self.generator_depth, norm=self.norm, dropout=self.dropout,
-                               upsample=self.upsample, palette=colours)
+                               upsample=self.upsample)
 
     def discriminator_config(self) -> DiscriminatorConfig:
         return DiscriminatorConfig(ndf=self.ndf, norm=self.norm)
@@ -133,7 +144,7 @@ class TrainConfig:
             raise ValueError("epochs + epochs_decay must be at least 1")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
             raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
-        if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance, self.palette_iou_weight) < 0 \
+        if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance) < 0 \
                 or self.palette_temperature <= 0:
             raise ValueError("the EMA decay must be in [0, 1), the palette weights and balance >= 0 and its "
                              "temperature > 0")
@@ -195,16 +206,16 @@ class Pix2Pix:
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
         torch.manual_seed(config.seed)  # identical initial weights on every worker
         self.palette = palette
-        self.generator = UNetGenerator(config.generator_config(palette)).to(
+        self.generator = UNetGenerator(config.generator_config()).to(
             self.device, memory_format=self.memory_format)
         self.discriminator = PatchDiscriminator(config.discriminator_config()).to(
             self.device, memory_format=self.memory_format)
         self.generator_average = copy.deepcopy(self.generator).requires_grad_(False) if config.ema_decay else None
         self.palette_term = None
-        if max(config.palette_weight, config.palette_iou_weight) > 0 and palette:
+        if config.palette_weight > 0 and palette:
             weights = class_weights if class_weights is not None else [1.0] * len(palette)
             self.palette_term = PaletteTerm.build(palette, weights, config.palette_weight,
-                                                  config.palette_temperature, self.device, config.palette_iou_weight)
+                                                  config.palette_temperature, self.device)
         self.generator_step = wrap(self.generator)
         self.discriminator_step = wrap(DiscriminatorPair(self.discriminator))
         betas = (config.beta1, 0.999)
@@ -230,7 +241,7 @@ class Pix2Pix:
         self.generator_step.train()
         self.discriminator_step.train()
         with autocast(self.device, self.precision):
-            fake, class_logits = self.generator_step(source, with_logits=True)
+            fake = self.generator_step(source)
 
         with autocast(self.device, self.precision):
             real_logits, fake_logits = self.discriminator_step(source, target, fake.detach())
@@ -244,8 +255,7 @@ class Pix2Pix:
         try:
             with autocast(self.device, self.precision):
                 fake_logits = self.discriminator(source, fake)
-            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1, self.palette_term,
-                                             class_logits)
+            loss_g, parts_g = generator_loss(fake_logits, fake, target, self.config.lambda_l1, self.palette_term)
             self.optimizer_g.zero_grad(set_to_none=True)
             self.scaler_g.scale(loss_g).backward()
             self.scaler_g.step(self.optimizer_g)
@@ -273,7 +283,7 @@ class Pix2Pix:
     def export_info(self, direction: str = "AtoB", palette: dict | None = None) -> ExportInfo:
         """What the generator export records: its training precision (inference at "auto" then
         runs as validation did) and the targets' palette (translation snaps to it)."""
-        return ExportInfo(generator=self.config.generator_config(self.palette), image_size=self.config.image_size,
+        return ExportInfo(generator=self.config.generator_config(), image_size=self.config.image_size,
                           direction=direction, step=self.step, epoch=self.epoch, precision=self.precision,
                           palette=palette)
 
@@ -283,9 +293,7 @@ class Pix2Pix:
 
     @property
     def loss_names(self) -> tuple[str, ...]:
-        term = self.palette_term
-        palette_names = (("G_palette",) + (("G_palette_iou",) if term.iou_weight else ())) if term else ()
-        return LOSS_NAMES + palette_names
+        return LOSS_NAMES + (("G_palette",) if self.palette_term else ())
 
     @property
     def inference_generator(self) -> nn.Module:
@@ -322,9 +330,9 @@ class Pix2Pix:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        saved = TrainConfig(**state["config"])
+        saved = TrainConfig.from_dict(state["config"])
         for network, found, expected in (
-                ("generator", saved.generator_config(self.palette), self.config.generator_config(self.palette)),
+                ("generator", saved.generator_config(), self.config.generator_config()),
                 ("discriminator", saved.discriminator_config(), self.config.discriminator_config())):
             if found != expected:
                 raise ValueError(f"the checkpoint's {network} {found} differs from the requested {expected}; pass "
