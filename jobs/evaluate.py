@@ -56,18 +56,22 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from pix2pix.evaluation import BATCH_SIZE, EvaluateOptions, evaluate
+def evaluate_options(args):
+    """The parsed flags as the library's EvaluateOptions; no --data and --checkpoint: the demo's."""
+    from pix2pix.evaluation import BATCH_SIZE, EvaluateOptions
 
     if args.data is None:
         args.data, args.checkpoint = demo_paths.DEMO_DATA, f"{demo_paths.DEMO_RUNS}/{demo_paths.DEMO_RUN_NAME}"
     grid = (args.grid or f"evaluate-{args.split}.png") if args.grid_count else None
-    summary = evaluate(EvaluateOptions(
-        data=args.data, checkpoint=args.checkpoint, split=args.split, palette=args.palette,
-        batch_size=args.batch_size or BATCH_SIZE, precision=args.precision, threads=args.threads, grid=grid,
-        grid_count=args.grid_count, paper_mode=args.paper_mode, limit=args.limit, seed=args.seed,
-        source_dir=args.source_dir, target_dir=args.target_dir))
+    return EvaluateOptions(**{**cli.flag_values(args, EvaluateOptions), "batch_size": args.batch_size or BATCH_SIZE,
+                              "grid": grid})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from pix2pix.evaluation import evaluate
+
+    summary = evaluate(evaluate_options(args))
     cli.print_summary(summary)
     return 0
 

@@ -8,7 +8,6 @@ Re-running with the same --storage and --name resumes from the latest checkpoint
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,13 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, demo_paths, storage  # noqa: E402
-from pix2pix.model.networks import NORM_KINDS, UPSAMPLE_KINDS  # noqa: E402
 from pix2pix.model.palette import PaletteError  # noqa: E402
 from pix2pix.palette_files import load_palette  # noqa: E402
 from pix2pix.training.budget import DECAY_FRACTION, Budget  # noqa: E402
-from pix2pix.training.step import FLIPS, RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
+from pix2pix.training.step import RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
 
-DEFAULTS = TrainConfig()  # the paper's recipe, except instance norm
 # A Recife epoch is ~20 s on one GPU and a checkpoint of the paper's widths ~0.9 GB (G, D, Adam
 # states, export): every epoch would spend a fifth of the run writing checkpoints.
 GPU_EVERY = 5
@@ -55,51 +52,7 @@ def parse_args(argv=None):
                         help="widths and learning rate: paper (ngf = ndf = 64, lr 2e-4) or compact (ngf 32, ndf 16, "
                         "lr 4e-4: better on a CPU budget, see bench/README.md, Quality); auto: compact when "
                         "training on CPUs, paper on GPUs. --ngf, --ndf and --lr override it")
-    recipe.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs at the initial lr (default: {DEFAULTS.epochs})")
-    recipe.add_argument("--epochs-decay", type=int, default=None,
-                        help=f"then epochs of linear decay to 0 (default: {DEFAULTS.epochs_decay})")
-    recipe.add_argument("--batch-size", type=int, default=None, help=f"per worker (default: {DEFAULTS.batch_size})")
-    recipe.add_argument("--lr", type=float, default=None, help="Adam learning rate, G and D (default: the recipe's)")
-    recipe.add_argument("--beta1", type=float, default=DEFAULTS.beta1, help="Adam beta1")
-    recipe.add_argument("--lambda-l1", type=float, default=DEFAULTS.lambda_l1, help="weight of the L1 term")
-    recipe.add_argument("--image-size", type=int, default=None,
-                        help=f"pairs are resized to this for validation and inference (default: {DEFAULTS.image_size})")
-    recipe.add_argument("--crop-size", type=int, default=None,
-                        help="training crop of the pair resized to 286/256 of the image size (default: the image size)")
-    recipe.add_argument("--flips", choices=FLIPS, default=DEFAULTS.flips,
-                        help="training flips: the paper's random horizontal flip, or square: one of the eight "
-                        "rotations and reflections of the square, for tiles that have no up (default: %(default)s)")
-    recipe.add_argument("--norm", choices=NORM_KINDS, default=DEFAULTS.norm,
-                        help="instance keeps tiles independent of batch mates; batch is the paper's")
-    recipe.add_argument("--ngf", type=int, default=None, help="generator width (default: the recipe's)")
-    recipe.add_argument("--ndf", type=int, default=None, help="discriminator width (default: the recipe's)")
-    recipe.add_argument("--depth", type=int, default=None, help="U-Net down steps (default: log2(image size), max 8)")
-    recipe.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="generator dropout")
-    recipe.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                        help="auto: bf16 on AMX CPUs and Ampere+ GPUs, fp16 (with GradScaler) on older GPUs, "
-                        "else fp32")
-    recipe.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="NHWC memory layout (default: NCHW for fp32 on CPUs, where it measured faster; "
-                        "channels_last for bf16 and on GPUs)")
-    recipe.add_argument("--seed", type=int, default=0, help="weight init and shuffling seed")
-    recipe.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
-                        help="decoder upsampling: transposed convolutions (the paper's) or resize-convolution "
-                        "(no checkerboard) (default: the recipe's: resize in compact, transposed in paper)")
-    recipe.add_argument("--ema-decay", type=float, default=None,
-                        help="validate and export an exponential moving average of the generator's weights with "
-                        f"this decay; 0: off (default: {DEFAULTS.ema_decay})")
-    recipe.add_argument("--palette-weight", type=float, default=None,
-                        help="with --palette: weight of a class-balanced cross-entropy over the palette's classes "
-                        "beside GAN + L1; 0: off (default: the recipe's: "
-                        f"{RECIPES['compact']['palette_weight']:g} in compact, 0 in paper)")
-    recipe.add_argument("--palette-temperature", type=float, default=None,
-                        help="the palette term's softmax temperature over -(squared distance to each colour), "
-                        f"colours in [-1, 1] (default: {DEFAULTS.palette_temperature:g})")
-    recipe.add_argument("--palette-balance", type=float, default=None,
-                        help="the power of the palette term's class weights, (median class frequency / "
-                        f"frequency) ** P: 0 unweighted, 1 balanced, > 1 rare classes first (default: "
-                        f"{DEFAULTS.palette_balance:g})")
+    cli.add_field_flags(recipe, TrainConfig)
     budget = parser.add_argument_group("budget (replaces --epochs/--epochs-decay)")
     budget.add_argument("--max-minutes", type=float, default=None,
                         help="train for this long, counted from the job's start (start-up, validation and "
@@ -128,27 +81,21 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.palette_weight and args.data is not None and not args.palette:
         parser.error("--palette-weight needs --palette (the classes it weighs)")
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        parser.error("--max-minutes must be positive")
-    if args.decay_fraction is not None:
-        if args.max_minutes is None and args.max_pairs is None:
-            parser.error("--decay-fraction needs --max-minutes or --max-pairs (the budget it shares out)")
-        if not 0 < args.decay_fraction <= 1:
-            parser.error("--decay-fraction must be in (0, 1]")
-    for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints", "max_pairs"):
+    if args.decay_fraction is not None and args.max_minutes is None and args.max_pairs is None:
+        parser.error("--decay-fraction needs --max-minutes or --max-pairs (the budget it shares out)")
+    for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        args.budget = job_budget(args)  # the Budget checks its own values
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
-CONFIG_FLAGS = ("image_size", "crop_size", "flips", "ngf", "ndf", "depth", "epochs", "epochs_decay", "batch_size", "lr",
-                "upsample", "ema_decay", "palette_weight", "palette_temperature", "palette_balance", "norm", "dropout",
-                "beta1", "lambda_l1", "precision", "channels_last", "seed")
-
-
 def train_config(args, demo: bool, recipe: str) -> TrainConfig:
-    return recipe_config(recipe, demo, **{name: getattr(args, name) for name in CONFIG_FLAGS})
+    return recipe_config(recipe, demo, **cli.flag_values(args, TrainConfig))
 
 
 def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
@@ -159,7 +106,7 @@ def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
 def job_budget(args) -> Budget | None:
     if args.max_minutes is None and args.max_pairs is None:
         return None
-    return Budget(max_seconds=args.max_minutes * 60 if args.max_minutes else None, max_pairs=args.max_pairs,
+    return Budget(max_seconds=None if args.max_minutes is None else args.max_minutes * 60, max_pairs=args.max_pairs,
                   decay_fraction=DECAY_FRACTION if args.decay_fraction is None else args.decay_fraction)
 
 
@@ -167,7 +114,9 @@ def main() -> int:
     started_at = time.time()
     args = parse_args()
     demo = args.data is None
-    train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()  # before Ray starts
+    # Validated once, before Ray starts: the recipe "auto" resolves to once the workers are
+    # planned differs from the others only in widths, lr and loss weights, which validate alike.
+    train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()
     palette = load_palette(args.palette or ("recife" if demo else None))
     from pix2pix.distributed import session, train
     from pix2pix.training import shards
@@ -186,11 +135,10 @@ def main() -> int:
     resources = train.plan_on_cluster(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
     recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
     config = train_config(args, demo, recipe)
-    config.validate()
     job = train.JobConfig(train=config, data_uri=args.data,
                           direction=args.direction or shards.dataset_direction(args.data),
                           threads=resources.threads, palette=palette, verbose=args.verbose,
-                          budget=job_budget(args), started_at=started_at,
+                          budget=args.budget, started_at=started_at,
                           **epoch_intervals(args, resources.use_gpu))
     started = time.perf_counter()
     result = train.fit(job, resources, storage_uri, name, args.max_failures, args.keep_checkpoints, args.verbose)

@@ -126,8 +126,7 @@ def translate_options(args):
     failure threshold is the job's own)."""
     from pix2pix.distributed.translate import TranslateOptions
 
-    return TranslateOptions(**{name: value for name, value in vars(args).items()
-                               if name not in ("actors", "max_failed_fraction")})
+    return TranslateOptions(**cli.flag_values(args, TranslateOptions))
 
 
 def main() -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Callable
 
 from pix2pix.storage import redact
@@ -33,6 +35,29 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+
+def add_field_flags(group, options) -> None:
+    """A flag per field of the dataclass ``options`` that carries help in its metadata: --name-with-
+    dashes, typed by the field, ``choices`` from the metadata, a bool as --x/--no-x. Each flag
+    defaults to None (not given), so the dataclass's or a preset's value applies."""
+    hints = typing.get_type_hints(options)
+    for field in dataclasses.fields(options):
+        if "help" not in field.metadata:
+            continue
+        kind = next(arg for arg in (*typing.get_args(hints[field.name]), hints[field.name]) if arg is not type(None))
+        flag = "--" + field.name.replace("_", "-")
+        extras = {key: value for key, value in field.metadata.items() if key != "help"}
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
+        else:
+            group.add_argument(flag, type=kind, default=None, help=field.metadata["help"], **extras)
+
+
+def flag_values(args: argparse.Namespace, options) -> dict:
+    """The parsed flags named like the fields of the dataclass ``options``: how every job turns
+    its flags into the library's options."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(options) if hasattr(args, field.name)}
 
 
 def print_summary(summary: dict) -> None:

@@ -215,7 +215,7 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
     assert completed.returncode == 2 and len(completed.stderr.strip().splitlines()) == 1
     completed = run_job("--max-pairs", "10", "--decay-fraction", "0")
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
-        "train.py: error: --decay-fraction must be in (0, 1] (see --help)"]
+        "train.py: error: the decay fraction must be in (0, 1], not 0 (see --help)"]
     completed = run_job("--decay-fraction", "0.25")
     assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
         "train.py: error: --decay-fraction needs --max-minutes or --max-pairs (the budget it shares out) (see --help)"]

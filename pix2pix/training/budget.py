@@ -19,11 +19,12 @@ class Budget:
     def __post_init__(self):
         if self.max_seconds is None and self.max_pairs is None:
             raise ValueError("a budget needs minutes or pairs")
-        if (self.max_seconds is not None and self.max_seconds <= 0) or (self.max_pairs is not None
-                                                                         and self.max_pairs < 1):
-            raise ValueError("a budget must be positive")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ValueError(f"a time budget must be positive, not {self.max_seconds:g} s")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"a budget of pairs must be at least 1, not {self.max_pairs}")
         if not 0.0 < self.decay_fraction <= 1.0:
-            raise ValueError(f"the decay fraction must be in (0, 1], not {self.decay_fraction}")
+            raise ValueError(f"the decay fraction must be in (0, 1], not {self.decay_fraction:g}")
 
     def used(self, seconds: float, pairs: int) -> float:
         """The share of the budget used (the larger of the two when both are given); 1 or more: spent."""

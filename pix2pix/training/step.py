@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from pix2pix.model.inference import memory_format, model_inputs, run_generator
 from pix2pix.model.losses import PaletteTerm, discriminator_loss, generator_loss
 from pix2pix.model.metrics import MetricAccumulator
 from pix2pix.model.networks import (
+    NORM_KINDS,
+    UPSAMPLE_KINDS,
     DiscriminatorConfig,
     GeneratorConfig,
     PatchDiscriminator,
@@ -32,7 +34,7 @@ from pix2pix.model.networks import (
     check_image_size,
 )
 from pix2pix.model.palette import Palette
-from pix2pix.model.precision import autocast, resolve_precision
+from pix2pix.model.precision import PRECISIONS, autocast, resolve_precision
 from pix2pix.model.ranges import to_uint8
 
 LOSS_NAMES = ("G_GAN", "G_L1", "D_real", "D_fake")
@@ -53,7 +55,7 @@ RECIPES: dict[str, dict[str, float | str]] = {
 }
 
 
-FLIPS = ("horizontal", "square")  # data.paired_transform's training flips
+FLIPS = ("horizontal", "square")  # augmentation.paired_transform's training flips
 
 # The embedded demo: small enough to train in a few minutes on 2 cores, same recipe otherwise.
 DEMO_SETTINGS = {"image_size": 128, "epochs": 2, "epochs_decay": 1, "batch_size": 4}
@@ -75,30 +77,59 @@ def default_recipe(use_gpu: bool) -> str:
 RETIRED_OPTIONS = {"palette_output": ("--palette-output", False), "palette_iou_weight": ("--palette-iou-weight", 0.0)}
 
 
+def hyperparameter(default, help: str, **flag):
+    """A TrainConfig field and its command-line flag: ``help`` may name ``{default}``; ``flag``
+    holds argparse's extras (choices). Read by pix2pix.cli.add_field_flags."""
+    return field(default=default, metadata={"help": help.format(default=default), **flag})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    image_size: int = 256  # validation and inference; training crops it from the pair resized to 286
-    crop_size: int | None = None  # the training crop (None: image_size); G and D are fully convolutional
-    flips: str = "horizontal"  # the training flips (FLIPS): the paper's, or all eight of the square's
-    ngf: int = 64
-    ndf: int = 64
-    depth: int | None = None  # None: log2(image_size), at most 8 (unet_256 for 256 px)
-    norm: str = "instance"
-    dropout: float = 0.5
-    epochs: int = 100  # at the initial learning rate
-    epochs_decay: int = 100  # then linearly down to zero
-    batch_size: int = 1  # per worker
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lambda_l1: float = 100.0
-    precision: str = "auto"
-    channels_last: bool | None = None  # None: the device's and precision's faster layout (inference.memory_format)
-    seed: int = 0
-    upsample: str = "transposed"  # the decoder's: transposed convolutions (the paper's) or resize-convolution
-    ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of G's weights
-    palette_weight: float = 0.0  # > 0 (with a palette): the class-balanced palette term (losses.PaletteTerm)
-    palette_temperature: float = 0.1
-    palette_balance: float = 1.0  # the power of the palette term's median-frequency class weights
+    """The recipe: every field is a flag of jobs/train.py (same name, dashes for underscores)."""
+
+    epochs: int = hyperparameter(100, "epochs at the initial lr (default: {default})")
+    epochs_decay: int = hyperparameter(100, "then epochs of linear decay to 0 (default: {default})")
+    batch_size: int = hyperparameter(1, "per worker (default: {default})")
+    lr: float = hyperparameter(2e-4, "Adam learning rate, G and D (default: the recipe's)")
+    beta1: float = hyperparameter(0.5, "Adam beta1 (default: {default})")
+    lambda_l1: float = hyperparameter(100.0, "weight of the L1 term (default: {default})")
+    # Training crops the pair resized to 286/256 of it; G and D are fully convolutional.
+    image_size: int = hyperparameter(
+        256, "pairs are resized to this for validation and inference (default: {default})")
+    crop_size: int | None = hyperparameter(
+        None, "training crop of the pair resized to 286/256 of the image size (default: the image size)")
+    flips: str = hyperparameter(
+        "horizontal", "training flips: the paper's random horizontal flip, or square: one of the eight rotations "
+        "and reflections of the square, for tiles that have no up (default: {default})", choices=FLIPS)
+    norm: str = hyperparameter(
+        "instance", "instance keeps tiles independent of batch mates; batch is the paper's (default: {default})",
+        choices=NORM_KINDS)
+    ngf: int = hyperparameter(64, "generator width (default: the recipe's)")
+    ndf: int = hyperparameter(64, "discriminator width (default: the recipe's)")
+    depth: int | None = hyperparameter(None, "U-Net down steps (default: log2(image size), max 8)")
+    dropout: float = hyperparameter(0.5, "generator dropout (default: {default})")
+    precision: str = hyperparameter(
+        "auto", "auto: bf16 on AMX CPUs and Ampere+ GPUs, fp16 (with GradScaler) on older GPUs, else fp32 "
+        "(default: {default})", choices=("auto", *PRECISIONS))
+    channels_last: bool | None = hyperparameter(  # None: inference.memory_format decides
+        None, "NHWC memory layout (default: NCHW for fp32 on CPUs, where it measured faster; channels_last for "
+        "bf16 and on GPUs)")
+    seed: int = hyperparameter(0, "weight init and shuffling seed")
+    upsample: str = hyperparameter(
+        "transposed", "decoder upsampling: transposed convolutions (the paper's) or resize-convolution (no "
+        "checkerboard) (default: the recipe's: resize in compact, transposed in paper)", choices=UPSAMPLE_KINDS)
+    ema_decay: float = hyperparameter(
+        0.0, "validate and export an exponential moving average of the generator's weights with this decay; "
+        "0: off (default: {default})")
+    palette_weight: float = hyperparameter(  # the class-balanced palette term (losses.PaletteTerm)
+        0.0, "with --palette: weight of a class-balanced cross-entropy over the palette's classes beside GAN + "
+        f"L1; 0: off (default: the recipe's: {RECIPES['compact']['palette_weight']:g} in compact, 0 in paper)")
+    palette_temperature: float = hyperparameter(
+        0.1, "the palette term's softmax temperature over -(squared distance to each colour), colours in "
+        "[-1, 1] (default: {default:g})")
+    palette_balance: float = hyperparameter(
+        1.0, "the power of the palette term's class weights, (median class frequency / frequency) ** P: "
+        "0 unweighted, 1 balanced, > 1 rare classes first (default: {default:g})")
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:
