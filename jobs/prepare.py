@@ -60,6 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.distributed.prepare import PrepareError
-
-    cli.run(main, (PrepareError,))
+    cli.run(main)

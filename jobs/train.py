@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, demo_paths, storage  # noqa: E402
-from pix2pix.model.palette import PaletteError  # noqa: E402
+from pix2pix.errors import ConfigError  # noqa: E402
 from pix2pix.palette_files import load_palette  # noqa: E402
 from pix2pix.training.budget import DECAY_FRACTION, Budget  # noqa: E402
 from pix2pix.training.step import RECIPES, TrainConfig, default_recipe, recipe_config  # noqa: E402
@@ -89,7 +89,7 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
         args.budget = job_budget(args)  # the Budget checks its own values
-    except ValueError as error:
+    except ConfigError as error:
         parser.error(str(error))
     return args
 
@@ -166,9 +166,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.distributed.capacity import CapacityError
-    from pix2pix.distributed.prepare import PrepareError
-    from pix2pix.model.export import CheckpointError
-    from pix2pix.training.shards import DatasetError
-
-    cli.run(main, (CheckpointError, PrepareError, DatasetError, PaletteError, CapacityError))
+    cli.run(main)

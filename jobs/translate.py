@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, demo_paths  # noqa: E402
+from pix2pix.errors import JobError  # noqa: E402
 from pix2pix.tiles.keys import OUTPUT_EXTENSIONS  # noqa: E402
 from pix2pix.tiles.translation import ON_SIZE  # noqa: E402
 
@@ -98,7 +99,7 @@ def parse_args(argv=None):
 
         try:
             args.bbox = parse_bbox(args.bbox)
-        except ValueError as error:
+        except JobError as error:
             parser.error(str(error))
         if not 0 <= args.zoom <= MAX_ZOOM:
             parser.error(f"--zoom must be in 0..{MAX_ZOOM}")
@@ -156,8 +157,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.distributed.capacity import CapacityError
-    from pix2pix.model.export import CheckpointError
-    from pix2pix.storage import StorageError
-
-    cli.run(main, (CheckpointError, StorageError, CapacityError))
+    cli.run(main)

@@ -54,8 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from pix2pix.model.palette import PaletteError
-    from pix2pix.storage import StorageError
-    from pix2pix.tiles.tileset import TileSetError
-
-    cli.run(main, (TileSetError, StorageError, PaletteError))
+    cli.run(main)

@@ -49,7 +49,7 @@ def find_export(uri: str) -> storage.Location:
     filesystem = location.filesystem
     if location.path.endswith(".safetensors"):
         location = storage.Location(filesystem, posixpath.dirname(location.path), uri)
-    info = filesystem.get_file_info(location.path)
+    info = storage.file_info(filesystem, location.path)
     if info.type == pafs.FileType.NotFound:
         raise CheckpointError(f"checkpoint not found: {uri}")
     if _has_export(location):
@@ -75,7 +75,7 @@ def complete_checkpoints(run: storage.Location) -> Iterator[storage.Location]:
     selector = pafs.FileSelector(run.path, recursive=False, allow_not_found=True)
     names = sorted(
         posixpath.basename(entry.path)
-        for entry in run.filesystem.get_file_info(selector)
+        for entry in storage.file_info(run.filesystem, selector)
         if entry.type == pafs.FileType.Directory and posixpath.basename(entry.path).startswith(CHECKPOINT_PREFIX)
     )
     for name in reversed(names):
@@ -84,7 +84,7 @@ def complete_checkpoints(run: storage.Location) -> Iterator[storage.Location]:
 
 
 def _has_export(location: storage.Location) -> bool:
-    weights = location.filesystem.get_file_info(posixpath.join(location.path, WEIGHTS_FILE))
+    weights = storage.file_info(location.filesystem, posixpath.join(location.path, WEIGHTS_FILE))
     return weights.type == pafs.FileType.File
 
 
@@ -92,8 +92,8 @@ def _has_complete_export(location: storage.Location) -> bool:
     """Both files there and the weights as long as their header says: Ray Train copies a
     checkpoint file by file, so a full disk or a crash can leave a truncated one behind."""
     filesystem = location.filesystem
-    weights, config = filesystem.get_file_info([posixpath.join(location.path, name)
-                                                for name in (WEIGHTS_FILE, CONFIG_FILE)])
+    weights, config = storage.file_info(filesystem, [posixpath.join(location.path, name)
+                                                    for name in (WEIGHTS_FILE, CONFIG_FILE)])
     if weights.type != pafs.FileType.File or config.type != pafs.FileType.File or weights.size < 8:
         return False
     header_size = int.from_bytes(storage.read_range(filesystem, weights.path, 0, 8), "little")

@@ -6,14 +6,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 
+from pix2pix.errors import JobError
 from pix2pix.storage import redact
-
-
-class JobError(Exception):
-    """A failure the user can fix (bad input, URI, credentials): reported as one line."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -64,15 +62,19 @@ def print_summary(summary: dict) -> None:
     print(json.dumps(summary, sort_keys=False, default=str), flush=True)
 
 
-def run(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Run a job's main: user errors become one redacted line on stderr and exit code 1."""
+def run(main: Callable[[], int | None]) -> None:
+    """Run a job's main: a JobError (the user's to fix) becomes one redacted line on stderr and
+    exit code 1; anything else is a bug and keeps its traceback."""
     try:
         code = main()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except (JobError, ValueError, OSError, *user_errors) as error:
+    except JobError as error:
         message = " ".join(str(error).split()) or type(error).__name__
         sys.stderr.write(f"error: {redact(message)}\n")
+        sys.exit(1)
+    except Exception:
+        sys.stderr.write(redact(traceback.format_exc()))
         sys.exit(1)
     sys.exit(code or 0)

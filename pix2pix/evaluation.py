@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pix2pix import checkpoint, storage
+from pix2pix.errors import JobError
 from pix2pix.hashing import stable_seed
 from pix2pix.images import IMAGE_SUFFIXES, BadImage, image_grid
 from pix2pix.model.inference import memory_format, run_generator
@@ -42,7 +43,7 @@ Palette = Mapping[str, tuple[int, int, int]]
 Translate = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(JobError):
     """Nothing to evaluate: data or split missing or empty."""
 
 
@@ -92,14 +93,15 @@ def open_split(data_uri: str, split: str = "val", direction: str = "AtoB", sourc
 def _prepared_split(folder: storage.Location, shards: list[str], limit: int | None) -> SplitSource:
     filesystem = folder.filesystem
     keys = []
-    for path in shards:
-        keys += pq.read_table(path, columns=["key"], filesystem=filesystem).column("key").to_pylist()
+    with storage.store_errors():
+        for path in shards:
+            keys += pq.read_table(path, columns=["key"], filesystem=filesystem).column("key").to_pylist()
     keys = sorted(keys)[:limit]
 
     def records() -> Iterator[dict]:
         wanted = set(keys)
         for path in shards:
-            with filesystem.open_input_file(path) as handle:
+            with storage.store_errors(), filesystem.open_input_file(path) as handle:
                 for batch in pq.ParquetFile(handle).iter_batches(batch_size=64):
                     yield from (row for row in batch.to_pylist() if row["key"] in wanted)
 

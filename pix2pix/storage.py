@@ -8,6 +8,7 @@ or the instance role. Every job passes the filesystem returned here explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import os
 import posixpath
@@ -20,6 +21,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from pix2pix.errors import JobError
+
 _SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 DEFAULT_MAX_ATTEMPTS = 10
 # Transient failures the AWS SDK reports as non-retryable: a 5xx/SlowDown answer to a GetObject
@@ -29,8 +32,32 @@ DEFAULT_MAX_ATTEMPTS = 10
 _UNRETRIED_TRANSIENT = ("Failed to flush response stream",)
 
 
-class StorageError(ValueError):
-    """A URI that cannot be used: unknown scheme, missing bucket, unreachable store."""
+class StorageError(JobError):
+    """A URI that cannot be used: unknown scheme, missing bucket, bad settings."""
+
+
+class StorageIOError(StorageError, OSError):
+    """An operation on a store failed: denied, unreachable, full. Also an OSError with the
+    original's errno and message, so code that records a failed tile and goes on keeps doing so."""
+
+
+class NotInStorage(StorageIOError, FileNotFoundError):
+    """Nothing at that path."""
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """The storage boundary: an OSError raised inside (by pyarrow, the OS or the AWS SDK)
+    leaves as a StorageIOError, which a job reports in one line."""
+    try:
+        yield
+    except StorageIOError:
+        raise
+    except OSError as error:
+        kind = NotInStorage if isinstance(error, FileNotFoundError) else StorageIOError
+        if error.errno is None:  # pyarrow's: a message only
+            raise kind(*error.args) from error
+        raise kind(error.errno, error.strerror, *([error.filename] if error.filename else [])) from error
 
 
 @dataclass(frozen=True)
@@ -140,12 +167,20 @@ def redact(text: str) -> str:
     return text
 
 
+@store_errors()
 def exists(location: Location) -> bool:
     return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
 
 
+@store_errors()
 def is_dir(location: Location) -> bool:
     return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
+
+
+@store_errors()
+def file_info(filesystem: pafs.FileSystem, paths):
+    """pyarrow's get_file_info (a path, a list of paths or a FileSelector) at the boundary."""
+    return filesystem.get_file_info(paths)
 
 
 def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[str]:
@@ -154,7 +189,7 @@ def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[s
     Hidden names (``.x``) and underscore-prefixed bookkeeping (``_failures/``) are skipped.
     """
     selector = pafs.FileSelector(location.path, recursive=True, allow_not_found=True)
-    for info in location.filesystem.get_file_info(selector):
+    for info in file_info(location.filesystem, selector):
         if info.type != pafs.FileType.File:
             continue
         relative = posixpath.relpath(info.path, location.path)
@@ -165,6 +200,7 @@ def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[s
         yield info.path
 
 
+@store_errors()
 def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
     """A whole file. Retries, with backoff, the transient S3 failures the SDK does not retry."""
 
@@ -175,6 +211,7 @@ def read_bytes(filesystem: pafs.FileSystem, path: str) -> bytes:
     return _retrying(read)
 
 
+@store_errors()
 def read_range(filesystem: pafs.FileSystem, path: str, offset: int, length: int) -> bytes:
     """``length`` bytes from ``offset`` (fewer at the end of the file), retried like read_bytes."""
 
@@ -197,6 +234,7 @@ def _retrying(read):
         attempt += 1
 
 
+@store_errors()
 def write_bytes(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a file so that no partial file is ever visible.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pix2pix.errors import ConfigError
 from pix2pix.training.budget import Budget, lr_factor
 from pix2pix.training.step import Pix2Pix, TrainConfig
 
@@ -14,7 +15,7 @@ def test_the_share_used_is_the_larger_of_minutes_and_pairs():
     assert Budget(max_pairs=1000).used(10**9, 250) == 0.25
     assert Budget(max_seconds=600, max_pairs=1000).used(300, 900) == 0.9
     for bad in ({}, {"max_seconds": 0}, {"max_pairs": 0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             Budget(**bad)
 
 
@@ -30,7 +31,7 @@ def test_a_budget_can_decay_over_another_share_of_it():
     last_quarter = Budget(max_pairs=1000, decay_fraction=0.25)
     assert last_quarter.lr_factor(0.75) == 1.0 and last_quarter.lr_factor(0.875) == pytest.approx(0.5)
     for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match="decay fraction"):
+        with pytest.raises(ConfigError, match="decay fraction"):
             Budget(max_pairs=1000, decay_fraction=bad)
 
 

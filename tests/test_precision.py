@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pix2pix.errors import ConfigError
 from pix2pix.model import precision
 
 
@@ -33,7 +34,7 @@ def test_auto_runs_a_model_at_its_training_precision_where_native(cpu_bf16, nati
     assert precision.inference_precision("auto", "cpu", trained="fp16") == best  # a GPU model on a CPU
     assert precision.inference_precision("auto", "cpu", trained=None) == best  # an old export
     assert precision.inference_precision("fp32", "cpu", trained="bf16") == "fp32"  # asked for
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         precision.inference_precision("fp16", "cpu", trained=None)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pix2pix.errors import ConfigError
 from pix2pix.images import image_grid, side_by_side
 from pix2pix.tiles.xyz import TileKey, mosaic, neighbours, parse_bbox, parse_tile_key, tile_key_path, tiles_in_bbox
 
@@ -76,12 +77,12 @@ def test_tiles_in_bbox_recife():
     ],
 )
 def test_bad_bbox_raises(bbox):
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         tiles_in_bbox(*bbox, 14)
 
 
 def test_bad_zoom_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         tiles_in_bbox(*RECIFE, -1)
 
 
@@ -89,7 +90,7 @@ def test_parse_bbox():
     assert parse_bbox("-34.95,-8.10,-34.85,-8.00") == RECIFE
     assert parse_bbox(" -34.95 , -8.1 , -34.85 , -8 ") == RECIFE
     for text in ["", "1,2,3", "1,2,3,4,5", "a,b,c,d", "-34.85,-8.10,-34.95,-8.00"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             parse_bbox(text)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pix2pix import checkpoint, storage
+from pix2pix.errors import ConfigError
 from pix2pix.model.export import CONFIG_FILE, CheckpointError
 from pix2pix.model.palette import RECIFE_PALETTE
 from pix2pix.training.step import (
@@ -87,18 +88,18 @@ def test_state_round_trip_resumes_identically(tmp_path):
 def test_resuming_with_another_architecture_is_refused(network, widths):
     state = Pix2Pix(TINY).state_dict()
     other = TrainConfig(**{**TINY.to_dict(), **widths})
-    with pytest.raises(ValueError, match=f"checkpoint's {network} .* differs from the requested .*--ndf"):
+    with pytest.raises(ConfigError, match=f"checkpoint's {network} .* differs from the requested .*--ndf"):
         Pix2Pix(other).load_state_dict(state)
 
 
 def test_invalid_configs_fail_with_a_clear_message():
-    with pytest.raises(ValueError, match="not a multiple"):
+    with pytest.raises(ConfigError, match="not a multiple"):
         TrainConfig(image_size=96, depth=6).validate()
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ConfigError, match="at least 1"):
         TrainConfig(epochs=0, epochs_decay=0).validate()
-    with pytest.raises(ValueError, match="flips must be one of horizontal, square, not 'vertical'"):
+    with pytest.raises(ConfigError, match="flips must be one of horizontal, square, not 'vertical'"):
         TrainConfig(flips="vertical").validate()
-    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         Pix2Pix(TrainConfig(image_size=64, ngf=8, ndf=8, precision="fp16"))
 
 
@@ -115,7 +116,7 @@ def test_training_on_crops_then_translating_whole_images():
     assert all(torch.isfinite(value) for value in losses.values())
     assert model.translate(batch(size=64)[0]).shape == (2, 3, 64, 64)
     for bad, message in ((96, "between 1 and the image size"), (24, "crop size 24 is not a multiple of 2\\^4")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             replace(TINY, crop_size=bad).validate()
 
 
@@ -242,7 +243,7 @@ def test_checkpoints_that_recorded_the_retired_options_off_resume_and_load_the_r
     assert torch.equal(resumed.generator.ups[-1][1].weight, model.generator.ups[-1][1].weight)
     for name, used in (("palette_output", True), ("palette_iou_weight", 3.0)):
         flag = "--" + name.replace("_", "-")
-        with pytest.raises(ValueError, match=f"this run used {flag}, which was retired"):
+        with pytest.raises(ConfigError, match=f"this run used {flag}, which was retired"):
             Pix2Pix(config).load_state_dict({**state, "config": {**state["config"], name: used}})
 
     checkpoint.export_generator(model.generator, model.export_info(), storage.resolve(str(tmp_path)))

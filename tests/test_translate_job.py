@@ -397,6 +397,7 @@ def test_a_corrupt_checkpoint_is_one_line(tmp_path, tiny_checkpoint):
 def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoint):
     """The job runs check_run before starting Ray, and cli.run prints its errors as one line."""
     from pix2pix.distributed.translate import TranslateOptions, check_run
+    from pix2pix.errors import JobError
     from pix2pix.tiles.xyz import parse_bbox
 
     write_grid(str(tmp_path / "in"), GRID[:1])
@@ -412,9 +413,9 @@ def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoi
         ({"manifest": str(tmp_path / "keys.csv")}, "no 'key' column"),
         ({"palette": str(tmp_path / "none.json")}, "palette file not found"),
     ):
-        with pytest.raises(ValueError, match=re.escape(message)):
+        with pytest.raises(JobError, match=re.escape(message)):
             check_run(TranslateOptions(**{**base, **changes}))
-    with pytest.raises(ValueError, match="bbox must be"):
+    with pytest.raises(JobError, match="bbox must be"):
         parse_bbox("1,2,3")
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pix2pix import storage
+from pix2pix.errors import ConfigError
 from pix2pix.images import BadImage
 from pix2pix.model.networks import GeneratorConfig, UNetGenerator
 from pix2pix.tiles.keys import BadKey, check_key, output_key
@@ -66,7 +67,7 @@ def test_context_margin_rounds_up_to_the_unet_multiple():
     assert context_margin(1, 256, 8) == 128
     assert context_margin(129, 256, 8) == 256
     assert context_margin(20, 64, 6) == 32
-    with pytest.raises(ValueError, match="more than one"):
+    with pytest.raises(ConfigError, match="more than one"):
         context_margin(300, 256, 8)
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import ray
 from ray.autoscaler.sdk import request_resources
 
+from pix2pix.errors import JobError
+
 # The autoscaler decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S), slower on a busy head (a
 # 2-core test cluster once launched nothing in 30 s while it retired the last job's nodes):
 # twelve rounds that launch nothing is its verdict. A launching node keeps the wait going.
@@ -26,7 +28,7 @@ REPORT_EVERY_S = 30.0
 _STATUS_KEY = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_STATUS (autoscaler v1)
 
 
-class CapacityError(RuntimeError):
+class CapacityError(JobError):
     """The cluster has no node for the job's workers, and none is coming."""
 
 

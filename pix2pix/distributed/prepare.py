@@ -11,12 +11,13 @@ import ray
 from ray.data.expressions import col
 
 from pix2pix import demo_paths, storage
+from pix2pix.errors import JobError
 from pix2pix.images import DEFAULT_MAX_PIXELS, BadImage
 from pix2pix.training.pairs import PairSpec, Skipped, decode_pair, discover_pairs
 from pix2pix.training.shards import DATASET_INFO_FILE, SHARD_SCHEMA
 
 
-class PrepareError(ValueError):
+class PrepareError(JobError):
     """The input cannot be prepared at all (nothing there, no pairs)."""
 
 

@@ -9,6 +9,8 @@ import ray
 from ray._private import services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pix2pix.errors import JobError
+
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 _owns_instance = False
 
@@ -35,14 +37,17 @@ def init(verbose: bool = False) -> None:
     _owns_instance = starts_local_instance(address)
     if _owns_instance:
         os.environ.setdefault(PREEMPTION_WATCHER, "0")  # read by Ray Train's controller; a user's setting wins
-    ray.init(
-        address=address,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        log_to_driver=True,
-        # Ray Train's print patch tees each worker print to stdout and to a logger that prints it
-        # again: every epoch line would reach the driver twice.
-        runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-    )
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.INFO if verbose else logging.ERROR,
+            log_to_driver=True,
+            # Ray Train's print patch tees each worker print to stdout and to a logger that prints it
+            # again: every epoch line would reach the driver twice.
+            runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        )
+    except ConnectionError as error:
+        raise JobError(f"cannot reach the Ray cluster at {address or 'the local head'}: {error}") from None
     if not verbose:  # Ray Data's execution plan, resource lines and progress-bar notices
         logging.getLogger("ray.data").setLevel(logging.ERROR)
 

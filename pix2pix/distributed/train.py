@@ -34,6 +34,7 @@ import torch.distributed as dist
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity, session
 from pix2pix.distributed.lean_trainer import LeanTorchTrainer
+from pix2pix.errors import ConfigError
 from pix2pix.model.export import CheckpointError, check_architecture
 from pix2pix.model.metrics import MetricAccumulator
 from pix2pix.model.palette import balanced_class_weights, class_counts
@@ -400,7 +401,7 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
     saved = checkpoint.read_training_config(latest)  # None in checkpoints older than the file
     try:
         saved = None if saved is None else TrainConfig.from_dict(saved)
-    except ValueError as error:
+    except ConfigError as error:
         raise CheckpointError(f"cannot resume {latest.uri}: {error}") from None
     try:
         check_architecture(info.generator, config.generator_config(), latest.uri)

@@ -36,6 +36,7 @@ from pix2pix.distributed.translate_stages import (
     WriteStage,
     plan_shards,
 )
+from pix2pix.errors import JobError
 from pix2pix.model.networks import check_image_size
 from pix2pix.model.precision import inference_precision
 from pix2pix.palette_files import output_palette
@@ -59,7 +60,7 @@ MIN_QUEUED_BYTES = 256 * 2**20
 FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
 
 
-class TranslateError(ValueError):
+class TranslateError(JobError):
     """The run cannot start: missing input, bad manifest, unusable checkpoint or sizes."""
 
 
@@ -157,7 +158,10 @@ def check_run(options: TranslateOptions) -> Run:
     _, info = checkpoint.load_generator(export.uri)  # fail here, in one line, not in every actor
     palette = output_palette(options.palette, options.no_palette, options.image_format, info.palette)
     image_size = options.image_size or info.image_size
-    check_image_size(image_size, info.generator.depth)
+    try:
+        check_image_size(image_size, info.generator.depth)
+    except ValueError as error:
+        raise TranslateError(f"--image-size: {error}") from None
     margin = context_margin(options.context, image_size, info.generator.depth)
     settings = PlanSettings(image_format=options.image_format, margin=margin, overwrite=options.overwrite)
     return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette, info.precision)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
+from pix2pix.errors import JobError
 from pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig, UNetGenerator
-from pix2pix.model.palette import palette_to_json, parse_palette
+from pix2pix.model.palette import PaletteError, palette_to_json, parse_palette
 
 EXPORT_FORMAT = "pix2pix-generator"
 
@@ -37,7 +38,7 @@ TRAINING_STATE_FILE = "training_state.pt"
 TRAINING_CONFIG_FILE = "training.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(JobError):
     """A checkpoint that is missing, unreadable or of another architecture."""
 
 
@@ -86,7 +87,7 @@ class ExportInfo:
                 precision=raw.get("precision"),
                 palette=parse_palette(raw["palette"], f"{CONFIG_FILE} palette") if raw.get("palette") else None,
             )
-        except (KeyError, TypeError, ValueError) as error:  # PaletteError included
+        except (KeyError, TypeError, ValueError, PaletteError) as error:
             raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
 
 

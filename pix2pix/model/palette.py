@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from pix2pix.errors import JobError
 from pix2pix.model.ranges import to_uint8
 
 Palette = dict[str, tuple[int, int, int]]
@@ -27,7 +28,7 @@ RECIFE_PALETTE: Palette = {
 MAX_CLASSES = 256  # what an 8-bit paletted PNG can hold
 
 
-class PaletteError(ValueError):
+class PaletteError(JobError):
     """An unusable palette: missing file, bad JSON, bad colours."""
 
 

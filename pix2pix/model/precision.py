@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from pix2pix.errors import ConfigError
+
 PRECISIONS = ("bf16", "fp16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,9 +60,9 @@ def resolve_precision(requested: str | None, device: torch.device | str) -> str:
     if requested in (None, "auto"):
         return default_precision(device)
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)} or auto")
+        raise ConfigError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)} or auto")
     if requested == "fp16" and torch.device(device).type == "cpu":
-        raise ValueError("fp16 needs a GPU; on a CPU use bf16 (with AMX) or fp32")
+        raise ConfigError("fp16 needs a GPU; on a CPU use bf16 (with AMX) or fp32")
     return requested
 
 

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pix2pix import storage
+from pix2pix.errors import JobError
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.translation import BLOCK_TILES
 from pix2pix.tiles.xyz import TileKey, parse_tile_key
@@ -81,7 +82,7 @@ def list_directory(location: storage.Location) -> tuple[list[str], list[str]]:
     """(file names, directory names) directly inside a directory; hidden and '_' names left out."""
     selector = pafs.FileSelector(location.path, recursive=False, allow_not_found=True)
     files, dirs = [], []
-    for info in location.filesystem.get_file_info(selector):
+    for info in storage.file_info(location.filesystem, selector):
         name = posixpath.basename(info.path)
         if name.startswith((".", "_")):
             continue
@@ -221,7 +222,7 @@ def manifest_context_shards(keys, settings: PlanSettings) -> list[Shard]:
     return shards
 
 
-class ManifestError(ValueError):
+class ManifestError(JobError):
     """A manifest that is missing, unreadable or has no ``key`` column."""
 
 
@@ -250,6 +251,7 @@ def manifest_parts(location: storage.Location) -> list[list]:
     return parts
 
 
+@storage.store_errors()
 def read_manifest_part(filesystem: pafs.FileSystem, path: str, row_group: int) -> list:
     if row_group < 0:
         return _read_csv(filesystem, path).column("key").to_pylist()
@@ -269,7 +271,7 @@ def done_keys(output: storage.Location, relative_dirs, recursive: bool, before_n
     for relative in relative_dirs:
         location = _join(output, relative)
         selector = pafs.FileSelector(location.path, recursive=recursive, allow_not_found=True)
-        for info in location.filesystem.get_file_info(selector):
+        for info in storage.file_info(location.filesystem, selector):
             if info.type != pafs.FileType.File:
                 continue
             if any(part.startswith((".", "_")) for part in posixpath.relpath(info.path, location.path).split("/")):

@@ -19,6 +19,7 @@ from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
 
 from pix2pix import storage
+from pix2pix.errors import JobError
 from pix2pix.model.palette import parse_palette
 from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
@@ -27,7 +28,7 @@ TILE_TYPES = {".png": TileType.PNG, ".jpg": TileType.JPEG, ".jpeg": TileType.JPE
 READ_THREADS = 16
 
 
-class TileSetError(ValueError):
+class TileSetError(JobError):
     """No tiles where tiles were expected, mixed formats, an archive that exists."""
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pix2pix.errors import ConfigError
 from pix2pix.hashing import stable_seed
 from pix2pix.images import DEFAULT_MAX_PIXELS, BadImage
 from pix2pix.model.inference import memory_format, run_generator
@@ -55,7 +56,7 @@ def context_margin(pixels: int, tile_size: int, depth: int) -> int:
     step = 2 ** (depth - 1)
     margin = math.ceil(pixels / step) * step
     if margin > tile_size:
-        raise ValueError(
+        raise ConfigError(
             f"--context {pixels} needs a {margin} px margin, more than one {tile_size} px tile; "
             f"use at most {tile_size // step * step}"
         )

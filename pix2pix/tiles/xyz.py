@@ -9,6 +9,7 @@ from typing import Mapping
 
 from PIL import Image
 
+from pix2pix.errors import ConfigError
 from pix2pix.images import ImageLike, to_pil
 
 # Web Mercator is undefined at the poles; tiles cover latitudes within this limit.
@@ -54,11 +55,11 @@ def tile_key_path(tile: TileKey, ext: str) -> str:
 
 def _validate_bbox(west: float, south: float, east: float, north: float) -> None:
     if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise ValueError(f"bbox values must be finite numbers, got {(west, south, east, north)}")
+        raise ConfigError(f"bbox values must be finite numbers, got {(west, south, east, north)}")
     if not (-180.0 <= west < east <= 180.0):
-        raise ValueError(f"bbox needs -180 <= west < east <= 180, got west={west}, east={east}")
+        raise ConfigError(f"bbox needs -180 <= west < east <= 180, got west={west}, east={east}")
     if not (-MAX_LATITUDE <= south < north <= MAX_LATITUDE):
-        raise ValueError(
+        raise ConfigError(
             f"bbox needs -{MAX_LATITUDE:.4f} <= south < north <= {MAX_LATITUDE:.4f} "
             f"(Web Mercator range), got south={south}, north={north}"
         )
@@ -68,7 +69,7 @@ def tiles_in_bbox(west: float, south: float, east: float, north: float, zoom: in
     """All tiles at `zoom` intersecting the bbox (degrees, WGS84), sorted."""
     _validate_bbox(west, south, east, north)
     if not (isinstance(zoom, int) and 0 <= zoom <= MAX_ZOOM):
-        raise ValueError(f"zoom must be an integer in 0..{MAX_ZOOM}, got {zoom!r}")
+        raise ConfigError(f"zoom must be an integer in 0..{MAX_ZOOM}, got {zoom!r}")
     import mercantile  # here, not at the top: the image helpers below then import without it (bench/gpu_check.py)
 
     return sorted(TileKey(t.z, t.x, t.y) for t in mercantile.tiles(west, south, east, north, zoom))
@@ -78,11 +79,11 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     """"W,S,E,N" (degrees) -> (west, south, east, north), validated."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 4:
-        raise ValueError(f"bbox must be 'west,south,east,north', got {text!r}")
+        raise ConfigError(f"bbox must be 'west,south,east,north', got {text!r}")
     try:
         west, south, east, north = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"bbox values must be numbers, got {text!r}") from None
+        raise ConfigError(f"bbox values must be numbers, got {text!r}") from None
     _validate_bbox(west, south, east, north)
     return west, south, east, north
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pix2pix.errors import ConfigError
+
 DECAY_FRACTION = 0.5  # the paper's shape: 100 epochs constant, 100 decaying
 
 
@@ -18,13 +20,13 @@ class Budget:
 
     def __post_init__(self):
         if self.max_seconds is None and self.max_pairs is None:
-            raise ValueError("a budget needs minutes or pairs")
+            raise ConfigError("a budget needs minutes or pairs")
         if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ValueError(f"a time budget must be positive, not {self.max_seconds:g} s")
+            raise ConfigError(f"a time budget must be positive, not {self.max_seconds:g} s")
         if self.max_pairs is not None and self.max_pairs < 1:
-            raise ValueError(f"a budget of pairs must be at least 1, not {self.max_pairs}")
+            raise ConfigError(f"a budget of pairs must be at least 1, not {self.max_pairs}")
         if not 0.0 < self.decay_fraction <= 1.0:
-            raise ValueError(f"the decay fraction must be in (0, 1], not {self.decay_fraction:g}")
+            raise ConfigError(f"the decay fraction must be in (0, 1], not {self.decay_fraction:g}")
 
     def used(self, seconds: float, pairs: int) -> float:
         """The share of the budget used (the larger of the two when both are given); 1 or more: spent."""

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pix2pix import storage
+from pix2pix.errors import JobError
 from pix2pix.hashing import stable_hash
 from pix2pix.training.augmentation import paired_transform, preprocess_records
 
@@ -43,7 +44,7 @@ DATASET_INFO_FILE = "_dataset.json"  # beside the splits: layout, direction, pai
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
 
 
-class DatasetError(ValueError):
+class DatasetError(JobError):
     """The prepared dataset is missing, empty or too small for the run."""
 
 
@@ -74,7 +75,8 @@ def _split(data: storage.Location, name: str) -> Shards | None:
     files = sorted(storage.list_files(data.join(name), (".parquet",)))
     if not files:
         return None
-    rows = [pq.ParquetFile(data.filesystem.open_input_file(path)).metadata.num_rows for path in files]
+    with storage.store_errors():
+        rows = [pq.ParquetFile(data.filesystem.open_input_file(path)).metadata.num_rows for path in files]
     return Shards(tuple(files), tuple(rows))
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pix2pix.errors import ConfigError
 from pix2pix.images import image_grid
 from pix2pix.model.export import ExportInfo
 from pix2pix.model.inference import memory_format, model_inputs, run_generator
@@ -134,11 +135,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:
         """A configuration saved with a checkpoint. Runs saved before an option was retired record
-        it at its off value and keep resuming; a run that used one is refused (ValueError)."""
+        it at its off value and keep resuming; a run that used one is refused (ConfigError)."""
         saved = dict(saved)
         for name, (flag, off) in RETIRED_OPTIONS.items():
             if saved.pop(name, off) != off:
-                raise ValueError(f"this run used {flag}, which was retired (it lost its screens, bench/README.md): "
+                raise ConfigError(f"this run used {flag}, which was retired (it lost its screens, bench/README.md): "
                                  "use another --name to start a new run")
         return cls(**saved)
 
@@ -159,26 +160,29 @@ class TrainConfig:
         return DiscriminatorConfig(ndf=self.ndf, norm=self.norm)
 
     def validate(self) -> None:
-        """Raise ValueError with one readable line for a configuration that cannot train."""
-        check_image_size(self.image_size, self.generator_depth)
-        if self.crop_size is not None:
-            if not 0 < self.crop_size <= self.image_size:
-                raise ValueError(f"the crop size must be between 1 and the image size ({self.image_size})")
-            check_image_size(self.crop_size, self.generator_depth, "crop size")
-        self.generator_config(), self.discriminator_config()
+        """Raise ConfigError with one readable line for a configuration that cannot train."""
+        if self.crop_size is not None and not 0 < self.crop_size <= self.image_size:
+            raise ConfigError(f"the crop size must be between 1 and the image size ({self.image_size})")
+        try:  # the networks' own checks, in the words of the flags
+            check_image_size(self.image_size, self.generator_depth)
+            if self.crop_size is not None:
+                check_image_size(self.crop_size, self.generator_depth, "crop size")
+            self.generator_config(), self.discriminator_config()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.flips not in FLIPS:
-            raise ValueError(f"flips must be one of {', '.join(FLIPS)}, not {self.flips!r}")
+            raise ConfigError(f"flips must be one of {', '.join(FLIPS)}, not {self.flips!r}")
         for name in ("epochs", "epochs_decay"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0")
+                raise ConfigError(f"{name} must be >= 0")
         if self.total_epochs < 1:
-            raise ValueError("epochs + epochs_decay must be at least 1")
+            raise ConfigError("epochs + epochs_decay must be at least 1")
         if self.batch_size < 1 or self.lr <= 0 or not 0 <= self.beta1 < 1 or self.lambda_l1 < 0:
-            raise ValueError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
+            raise ConfigError("batch size must be >= 1, lr > 0, 0 <= beta1 < 1 and lambda_l1 >= 0")
         if not 0 <= self.ema_decay < 1 or min(self.palette_weight, self.palette_balance) < 0 \
                 or self.palette_temperature <= 0:
-            raise ValueError("the EMA decay must be in [0, 1), the palette weights and balance >= 0 and its "
-                             "temperature > 0")
+            raise ConfigError("the EMA decay must be in [0, 1), the palette weights and balance >= 0 and its "
+                              "temperature > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -366,7 +370,7 @@ class Pix2Pix:
                 ("generator", saved.generator_config(), self.config.generator_config()),
                 ("discriminator", saved.discriminator_config(), self.config.discriminator_config())):
             if found != expected:
-                raise ValueError(f"the checkpoint's {network} {found} differs from the requested {expected}; pass "
+                raise ConfigError(f"the checkpoint's {network} {found} differs from the requested {expected}; pass "
                                  "the run's own --recipe (or --ngf/--ndf/--upsample), or use another --name")
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
