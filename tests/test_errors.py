@@ -53,5 +53,6 @@ def test_a_store_that_fails_is_a_storage_error_that_stays_an_oserror(tmp_path, s
     with pytest.raises(storage.StorageIOError) as raised:
         storage.write_bytes(no_bucket.filesystem, no_bucket.path, b"x")
     assert isinstance(raised.value, OSError) and "NO_SUCH_BUCKET" in str(raised.value)
-    with pytest.raises(storage.StorageIOError):
-        list(storage.list_files(storage.resolve("s3://no-such-bucket-for-this-test/prefix")))
+    with pytest.raises(storage.StorageIOError) as raised:
+        storage.read_bytes(no_bucket.filesystem, no_bucket.path)
+    assert isinstance(raised.value, OSError)
