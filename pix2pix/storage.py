@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pix2pix.errors import JobError
@@ -51,8 +52,10 @@ def store_errors() -> Iterator[None]:
     leaves as a StorageIOError, which a job reports in one line."""
     try:
         yield
-    except StorageIOError:
+    except StorageError:
         raise
+    except pa.ArrowInvalid as error:  # a path the filesystem cannot take
+        raise StorageError(str(error)) from None
     except OSError as error:
         kind = NotInStorage if isinstance(error, FileNotFoundError) else StorageIOError
         if error.errno is None:  # pyarrow's: a message only
@@ -95,6 +98,9 @@ def resolve(uri: str) -> Location:
             raise StorageError(f"file URI must be file:///absolute/path, got {uri!r}")
         return Location(pafs.LocalFileSystem(), os.path.abspath(parsed.path), uri)
     if scheme == "s3":
+        if "@" in parsed.netloc:  # never echoed: what stands before the @ is a secret
+            raise StorageError("an S3 URI must not hold credentials (s3://KEY:SECRET@bucket/...): "
+                               "give them in the AWS environment or an instance role")
         if not parsed.netloc:
             raise StorageError(f"S3 URI needs a bucket: s3://bucket/prefix, got {uri!r}")
         path = (parsed.netloc + "/" + parsed.path.lstrip("/")).rstrip("/")

@@ -87,3 +87,12 @@ def test_a_write_to_a_missing_bucket_fails_in_the_write_call(s3_endpoint):
     location = storage.resolve("s3://no-such-bucket-pix2pix/maps/1.png")
     with pytest.raises(OSError, match="NO_SUCH_BUCKET|does not exist"):
         storage.write_bytes(location.filesystem, location.path, b"x")
+
+
+@pytest.mark.parametrize("uri", ["s3://AKIAEXAMPLE:se%2Bcr%2Fet@bucket/data", "s3://only-a-key@bucket", "s3://:x@b/p"])
+def test_credentials_inside_a_uri_are_refused_without_being_echoed(uri):
+    with pytest.raises(storage.StorageError) as raised:
+        storage.resolve(uri)
+    message = str(raised.value)
+    assert "must not hold credentials" in message
+    assert not any(part in message for part in ("AKIAEXAMPLE", "se%2Bcr", "only-a-key", ":x@"))
