@@ -118,7 +118,7 @@ def main() -> int:
     # planned differs from the others only in widths, lr and loss weights, which validate alike.
     train_config(args, demo, "paper" if args.recipe == "auto" else args.recipe).validate()
     palette = load_palette(args.palette or ("recife" if demo else None))
-    from pix2pix.distributed import session, train
+    from pix2pix.distributed import session, train, train_worker
     from pix2pix.training import shards
 
     if not demo:
@@ -146,7 +146,7 @@ def main() -> int:
         raise cli.JobError(f"training failed: {result.error}")
     final = storage.resolve(storage_uri).uri_of(result.checkpoint.path) if result.checkpoint else None
     run_uri = f"{storage_uri.rstrip('/')}/{name}"
-    last = (train.read_history(run_uri) or [result.metrics])[-1]
+    last = (train_worker.read_history(run_uri) or [result.metrics])[-1]
     cli.print_summary({
         "run": run_uri,
         "checkpoint": final,
@@ -155,7 +155,7 @@ def main() -> int:
         "step": last.get("step"),
         "pairs": last.get("pairs"),  # training pairs seen, all workers together
         "metrics": {key: value for key, value in last.items() if key.startswith(("val_", "G_", "D_"))},
-        "history": f"{run_uri}/{train.HISTORY_FILE}",
+        "history": f"{run_uri}/{train_worker.HISTORY_FILE}",
         "palette": list(palette) if palette else None,
         "recipe": {"name": recipe, "ngf": config.ngf, "ndf": config.ndf, "lr": config.lr},
         "workers": resources.num_workers,

@@ -261,9 +261,11 @@ def test_resuming_a_run_that_used_a_retired_option_is_refused_in_one_line(tmp_pa
 
 
 def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
-    from pix2pix.distributed.train import BUDGET_SECONDS, JobConfig, fit, read_history
+    from pix2pix.distributed.train import JobConfig, fit
+    from pix2pix.distributed.train_worker import read_history
     from pix2pix.model.palette import RECIFE_PALETTE
     from pix2pix.training.budget import Budget
+    from pix2pix.training.schedule import BUDGET_SECONDS
 
     # 2 workers x batch 2 = 4 pairs a step, 4 steps an epoch: 24 pairs end in epoch 2, at step 6,
     # although the epoch schedule (1 + 1 epochs) would have stopped at step 8.

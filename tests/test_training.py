@@ -9,12 +9,12 @@ from pix2pix import checkpoint, storage
 from pix2pix.errors import ConfigError
 from pix2pix.model.export import CONFIG_FILE, CheckpointError
 from pix2pix.model.palette import RECIFE_PALETTE
+from pix2pix.training.schedule import EpochSchedule, linear_decay
 from pix2pix.training.step import (
     Pix2Pix,
     TrainConfig,
     balance_warning,
     default_recipe,
-    linear_decay,
     load_scaler_state,
     sample_grid,
 )
@@ -58,12 +58,13 @@ def test_linear_decay_matches_the_paper_schedule():
     assert factor(0) == 1.0 and factor(99) == 1.0
     assert factor(100) == pytest.approx(1 - 1 / 101)
     assert factor(199) == pytest.approx(1 - 100 / 101)
-    model = Pix2Pix(TINY)
+    model, schedule = Pix2Pix(TINY), EpochSchedule(TINY.epochs, TINY.epochs_decay)
     rates = []
-    for _ in range(4):
+    while not schedule.done(model):
+        model.set_learning_rate_factor(schedule.lr_factor(model))
         rates.append(model.learning_rate)
         model.end_epoch()
-    assert rates[:2] == [2e-4, 2e-4] and rates[2] < 2e-4 and rates[3] < rates[2]
+    assert len(rates) == 4 and rates[:2] == [2e-4, 2e-4] and rates[2] < 2e-4 and rates[3] < rates[2]
 
 
 def test_state_round_trip_resumes_identically(tmp_path):

@@ -188,15 +188,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
-    """The paper's schedule: lr constant for ``epochs``, then linearly to zero."""
-
-    def factor(epoch: int) -> float:
-        return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
-
-    return factor
-
-
 class DiscriminatorPair(nn.Module):
     """The D step's two calls (real and fake pairs) as one forward."""
 
@@ -225,7 +216,8 @@ def update_average(average: nn.Module, current: nn.Module, decay: float, step: i
 
 
 class Pix2Pix:
-    """Generator, discriminator, their optimizers and schedulers, and one training step."""
+    """Generator, discriminator, their optimizers, and one training step (the lr is set by its caller's
+    schedule, pix2pix/training/schedule.py)."""
 
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu",
                  wrap: Callable[[nn.Module], nn.Module] = identity, palette: Palette | None = None,
@@ -257,9 +249,6 @@ class Pix2Pix:
         fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step, not one per tensor
         self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas, **fused)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas, **fused)
-        schedule = linear_decay(config.epochs, config.epochs_decay)
-        self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, schedule)
-        self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, schedule)
         use_scaler = self.precision == "fp16"
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -303,16 +292,13 @@ class Pix2Pix:
         return {**parts_g, **parts_d}
 
     def set_learning_rate_factor(self, factor: float) -> None:
-        """lr = the recipe's lr x factor, for G and D (a budget's schedule, set every step)."""
+        """lr = the recipe's lr x factor, for G and D: what a schedule (training/schedule.py) sets
+        before every step."""
         for optimizer in (self.optimizer_g, self.optimizer_d):
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr * factor
 
-    def end_epoch(self, schedule: bool = True) -> None:
-        """``schedule`` False: the epoch schedule is not stepped (a budget sets the lr instead)."""
-        if schedule:
-            self.scheduler_g.step()
-            self.scheduler_d.step()
+    def end_epoch(self) -> None:
         self.epoch += 1
 
     def export_info(self, direction: str = "AtoB", palette: dict | None = None) -> ExportInfo:
@@ -354,8 +340,6 @@ class Pix2Pix:
             "discriminator": self.discriminator.state_dict(),
             "optimizer_g": self.optimizer_g.state_dict(),
             "optimizer_d": self.optimizer_d.state_dict(),
-            "scheduler_g": self.scheduler_g.state_dict(),
-            "scheduler_d": self.scheduler_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
             "epoch": self.epoch,
@@ -376,8 +360,6 @@ class Pix2Pix:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer_g.load_state_dict(state["optimizer_g"])
         self.optimizer_d.load_state_dict(state["optimizer_d"])
-        self.scheduler_g.load_state_dict(state["scheduler_g"])
-        self.scheduler_d.load_state_dict(state["scheduler_d"])
         load_scaler_state(self.scaler_g, state["scaler_g"])
         load_scaler_state(self.scaler_d, state["scaler_d"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
