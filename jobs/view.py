@@ -25,8 +25,12 @@ def parse_args(argv=None):
                         ".pmtiles archive (default: the demo's)")
     parser.add_argument("--satellite", help="the source tiles, the same way (default: the demo's with the demo's "
                         "map; none otherwise)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; "
+                        "then name with --allow-host what other machines call this one)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name requests may carry besides localhost and the bound address (a "
+                        "tunnel's or proxy's); repeatable. Other names are refused (DNS rebinding)")
     args = parser.parse_args(argv)
     if args.map is None:
         args.map = demo_paths.DEMO_TRANSLATED
@@ -41,7 +45,7 @@ def main(argv=None) -> int:
     layers = {"map": open_layer("map", args.map)}
     if args.satellite:
         layers["satellite"] = open_layer("satellite", args.satellite)
-    server = serve(layers, args.host, args.port)
+    server = serve(layers, args.host, args.port, tuple(args.allow_host))
     host, port = server.server_address[:2]
     print(f"map page: http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     try:

@@ -1,11 +1,18 @@
 """The map page's server: the viewer (viewer.html), a TileJSON per layer and the tiles, from a
 folder of XYZ tiles (local or s3://) or a local PMTiles archive. Serving the archive's tiles
-from here means the browser needs no HTTP Range requests and no PMTiles library. No Ray."""
+from here means the browser needs no HTTP Range requests and no PMTiles library. No Ray.
+
+A local viewer, not an internet-facing tile server: it answers only requests whose Host is
+this machine or a name the user allows (a web page cannot reach it through DNS rebinding),
+gives each connection a time limit and serves a bounded number of connections at once.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,7 +23,11 @@ from pix2pix.tiles.xyz import TileKey
 
 PAGE = Path(__file__).with_name("viewer.html")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-_TILE_PATH = re.compile(r"^/(map|satellite)/(\d+)/(\d+)/(\d+)\.\w+$")
+_TILE_PATH = re.compile(r"^/(map|satellite)/(\d{1,10})/(\d{1,10})/(\d{1,10})\.\w+$")
+MAX_ZOOM = 30
+TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
+MAX_CONNECTIONS = 64  # served at once; more are closed at once rather than queued
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass
@@ -59,27 +70,88 @@ def open_layer(name: str, uri: str) -> Layer:
     return archive_layer(name, uri) if uri.endswith(".pmtiles") else folder_layer(name, uri)
 
 
-def serve(layers: dict[str, Layer], host: str, port: int) -> ThreadingHTTPServer:
+def host_name(header: str | None) -> str | None:
+    """The name in a Host header, without its port ("[::1]:8000" -> "::1"), lowercased."""
+    if not header:
+        return None
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.index("]")] if "]" in header else None
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def allowed_names(host: str, allow: tuple[str, ...] = ()) -> frozenset[str]:
+    """This machine's names, the bound address unless it is a wildcard, and the names allowed."""
+    names = {*LOCAL_NAMES, *(name.lower() for name in allow)}
+    try:
+        if not ipaddress.ip_address(host).is_unspecified:
+            names.add(host)
+    except ValueError:  # a name, not an address
+        names.add(host.lower())
+    return frozenset(names)
+
+
+def tile_in_grid(z: int, x: int, y: int) -> bool:
+    return z <= MAX_ZOOM and x < 2**z and y < 2**z
+
+
+class BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once: one over the limit is
+    closed at once (the client sees a reset, and may retry) rather than queued."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int):
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def serve(layers: dict[str, Layer], host: str, port: int, allow_hosts: tuple[str, ...] = (),
+          timeout: float = TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> ThreadingHTTPServer:
     """A server (not yet serving: call serve_forever) for the page, map.json, satellite.json and
-    the tiles."""
+    the tiles. ``allow_hosts``: names besides this machine's that may appear in a request's Host
+    (the name a proxy or a tunnel forwards)."""
     page = PAGE.read_bytes()
+    names = allowed_names(host, allow_hosts)
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self):
+            self.timeout = timeout  # per connection: a client that stalls mid-request is dropped
+            super().setup()
+
         def log_message(self, *args):  # one line per tile otherwise
             pass
 
         def do_GET(self):
+            if host_name(self.headers.get("Host")) not in names:
+                return self._send(403, "text/plain", b"this host name is not served here (see --allow-host)")
             path = self.path.split("?", 1)[0]
             if path in ("/", "/index.html"):
                 return self._send(200, "text/html; charset=utf-8", page)
             if path.endswith(".json") and path[1:-5] in layers:
                 return self._send(200, "application/json", json.dumps(layers[path[1:-5]].spec).encode())
             match = _TILE_PATH.match(path)
-            if match and match[1] in layers:
+            if match and match[1] in layers and tile_in_grid(int(match[2]), int(match[3]), int(match[4])):
                 layer = layers[match[1]]
                 try:
                     data = layer.get(TileKey(int(match[2]), int(match[3]), int(match[4])))
-                except (OSError, FileNotFoundError):
+                except OSError:
                     data = None
                 if data is not None:
                     return self._send(200, CONTENT_TYPES[layer.extension], data)
@@ -93,6 +165,4 @@ def serve(layers: dict[str, Layer], host: str, port: int) -> ThreadingHTTPServer
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    return BoundedServer((host, port), Handler, max_connections)

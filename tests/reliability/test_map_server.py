@@ -1,0 +1,117 @@
+"""The map server (jobs/view.py) under hostile and careless clients, for real: a server on a
+loopback port, raw sockets and HTTP requests against it. Slow clients, a foreign Host, bad
+coordinates."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
+from pix2pix.tiles.viewer import host_name, open_layer, serve
+
+pytestmark = pytest.mark.reliability
+
+
+@pytest.fixture
+def tiles(tmp_path):
+    data = encode_paletted_png(np.full((64, 64), 1, np.uint8), RECIFE_PALETTE)
+    path = tmp_path / "maps" / "3" / "2" / "5.png"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return str(tmp_path / "maps"), data
+
+
+@pytest.fixture
+def server(tiles):
+    """start(**serve options) -> (host, port) of a running server; stopped at the end."""
+    running = []
+
+    def start(**options):
+        instance = serve({"map": open_layer("map", tiles[0])}, "127.0.0.1", 0, **options)
+        threading.Thread(target=instance.serve_forever, daemon=True).start()
+        running.append(instance)
+        return instance.server_address[:2]
+
+    yield start
+    for instance in running:
+        instance.shutdown()
+        instance.server_close()
+
+
+def get(address, path: str, host: str | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        connection.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_host_names_are_read_without_their_port():
+    assert [host_name(value) for value in ("localhost:8000", "[::1]:80", "Example.COM", "127.0.0.1", "", None)] == \
+        ["localhost", "::1", "example.com", "127.0.0.1", None, None]
+
+
+def test_only_this_machines_names_and_allowed_ones_are_served(server, tiles, record):
+    address = server(allow_hosts=("maps.internal",))
+    port = address[1]
+    assert get(address, "/map/3/2/5.png") == (200, tiles[1])
+    for host in (f"localhost:{port}", "127.0.0.1:1234", f"[::1]:{port}", "maps.internal:443", "MAPS.internal"):
+        assert get(address, "/map.json", host)[0] == 200, host  # behind ssh -L the port differs
+    for host in ("evil.example", f"evil.example:{port}", "localhost.evil.example", "127.0.0.2"):
+        status, body = get(address, "/map.json", host)
+        assert status == 403 and b"map" not in body, host
+    assert get(address, "/map/3/2/5.png", "rebinding.attacker.example")[0] == 403
+    record("view: requests with a foreign Host (DNS rebinding)", "403, nothing served; localhost at any port "
+           "and --allow-host names still served", "none")
+
+
+def test_bad_coordinates_are_404s_and_the_server_goes_on(server, tiles):
+    address = server()
+    for path in (f"/map/{'9' * 5000}/0/0.png", "/map/40/0/0.png", "/map/3/8/0.png", "/map/3/0/8.png",
+                 "/map/3/-1/0.png", "/map/99999999999/0/0.png"):
+        assert get(address, path)[0] == 404, path[:40]
+    assert get(address, "/map/3/2/5.png") == (200, tiles[1])
+
+
+def test_slow_clients_time_out_and_the_connection_cap_holds(server, tiles, record):
+    address = server(timeout=1.0, max_connections=4)
+    stalled = []
+    for _ in range(10):  # each sends half a request line and waits
+        sock = socket.create_connection(address, timeout=5)
+        sock.sendall(b"GET /map/3/2/5.png HT")
+        stalled.append(sock)
+    started = time.monotonic()
+    try:
+        # Over the cap: closed at once rather than queued behind the stalled ones.
+        while True:
+            try:
+                status, body = get(address, "/map/3/2/5.png", timeout=5)
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                assert time.monotonic() - started < 10, "the server never came back"
+                time.sleep(0.2)
+        assert (status, body) == (200, tiles[1])
+        waited = time.monotonic() - started
+        assert waited < 5  # the stalled connections were dropped after their 1 s
+        for sock in stalled:  # each of them closed by the server, none answered, none left open
+            sock.settimeout(5)
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for sock in stalled:
+            sock.close()
+    record("view: 10 connections that stall mid-request, cap 4, timeout 1 s",
+           "those over the cap closed at once, the rest dropped after 1 s; a normal request served", "none", waited)
