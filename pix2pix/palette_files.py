@@ -22,6 +22,8 @@ def load_palette(spec: str | None) -> Palette | None:
         raw = json.loads(storage.read_text(location))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PaletteError(f"palette {spec} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise PaletteError(f"palette {spec} is nested too deeply to be a palette") from None
     return parse_palette(raw, spec)
 
 

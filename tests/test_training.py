@@ -94,6 +94,8 @@ def test_resuming_with_another_architecture_is_refused(network, widths):
 
 
 def test_invalid_configs_fail_with_a_clear_message():
+    with pytest.raises(ConfigError, match="the image size must be between 1 and 4096, got 8192"):
+        replace(TINY, image_size=8192).validate()
     with pytest.raises(ConfigError, match="not a multiple"):
         TrainConfig(image_size=96, depth=6).validate()
     with pytest.raises(ConfigError, match="at least 1"):

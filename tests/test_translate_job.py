@@ -408,6 +408,7 @@ def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoi
         ({"output": str(tmp_path / "in" / "maps")}, "must not be the input or inside it"),
         ({"checkpoint": str(tmp_path / "missing")}, "checkpoint not found"),
         ({"image_size": 100}, "not a multiple of 2^6"),
+        ({"image_size": 8192}, "--image-size must be at most 4096"),
         ({"context": 100}, "more than one 64 px tile"),
         ({"manifest": str(tmp_path / "none.parquet")}, "manifest not found"),
         ({"manifest": str(tmp_path / "keys.csv")}, "no 'key' column"),

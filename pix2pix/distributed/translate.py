@@ -37,7 +37,7 @@ from pix2pix.distributed.translate_stages import (
     plan_shards,
 )
 from pix2pix.errors import JobError
-from pix2pix.model.networks import check_image_size
+from pix2pix.model.networks import MAX_IMAGE_SIZE, check_image_size
 from pix2pix.model.precision import inference_precision
 from pix2pix.palette_files import output_palette
 from pix2pix.tiles.plan import (
@@ -158,6 +158,8 @@ def check_run(options: TranslateOptions) -> Run:
     _, info = checkpoint.load_generator(export.uri)  # fail here, in one line, not in every actor
     palette = output_palette(options.palette, options.no_palette, options.image_format, info.palette)
     image_size = options.image_size or info.image_size
+    if image_size > MAX_IMAGE_SIZE:
+        raise TranslateError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {image_size}")
     try:
         check_image_size(image_size, info.generator.depth)
     except ValueError as error:

@@ -17,8 +17,9 @@ import safetensors.torch
 import torch
 
 from pix2pix.errors import JobError
-from pix2pix.model.networks import DiscriminatorConfig, GeneratorConfig, UNetGenerator
+from pix2pix.model.networks import MAX_IMAGE_SIZE, DiscriminatorConfig, GeneratorConfig, UNetGenerator
 from pix2pix.model.palette import PaletteError, palette_to_json, parse_palette
+from pix2pix.model.precision import PRECISIONS
 
 EXPORT_FORMAT = "pix2pix-generator"
 
@@ -75,20 +76,36 @@ class ExportInfo:
             raw = json.loads(text)
         except json.JSONDecodeError as error:
             raise CheckpointError(f"{CONFIG_FILE} is not valid JSON: {error}") from None
-        if raw.get("format") != EXPORT_FORMAT or raw.get("architecture") != "unet":
+        except RecursionError:
+            raise CheckpointError(f"{CONFIG_FILE} is nested too deeply to be an export") from None
+        if not isinstance(raw, dict) or raw.get("format") != EXPORT_FORMAT or raw.get("architecture") != "unet":
             raise CheckpointError(f"{CONFIG_FILE} is not a {EXPORT_FORMAT} (unet) export")
         try:
-            return cls(
+            info = cls(
                 generator=GeneratorConfig.from_dict(raw["generator"]),
-                image_size=int(raw["image_size"]),
-                direction=raw.get("direction", "AtoB"),
-                step=int(raw.get("step", 0)),
-                epoch=int(raw.get("epoch", 0)),
-                precision=raw.get("precision"),
+                image_size=_integer(raw["image_size"], "image_size", 1, MAX_IMAGE_SIZE),
+                direction=_choice(raw.get("direction", "AtoB"), "direction", ("AtoB", "BtoA")),
+                step=_integer(raw.get("step", 0), "step", 0),
+                epoch=_integer(raw.get("epoch", 0), "epoch", 0),
+                precision=_choice(raw.get("precision"), "precision", (None, *PRECISIONS)),
                 palette=parse_palette(raw["palette"], f"{CONFIG_FILE} palette") if raw.get("palette") else None,
             )
         except (KeyError, TypeError, ValueError, PaletteError) as error:
             raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
+        return info
+
+
+def _integer(value, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r:.40}")
+    return value
+
+
+def _choice(value, name: str, choices: tuple):
+    if value not in choices or isinstance(value, bool):
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r:.40}")
+    return value
 
 
 def check_architecture(found: GeneratorConfig | DiscriminatorConfig, expect: GeneratorConfig | DiscriminatorConfig,

@@ -7,6 +7,7 @@ Layer layout, bias rule and initialisation follow the reference implementation
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,9 @@ NORM_KINDS = ("instance", "batch")
 UPSAMPLE_KINDS = ("transposed", "resize")
 MIN_DEPTH, MAX_DEPTH = 2, 10
 MAX_DROPOUT_BLOCKS = 3
+# The largest tile side a model is trained or run at (16x the paper's 256 px): a bound on what a flag
+# or an export may ask for, checked before anything is allocated.
+MAX_IMAGE_SIZE = 4096
 
 
 class _DictConfig:
@@ -26,13 +30,29 @@ class _DictConfig:
 
     @classmethod
     def from_dict(cls, d: dict):
+        """From JSON: only known keys, and each value of its field's type (an int field takes
+        integers only: not 6.5, 1e12 or true)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(
                 f"unknown {cls.__name__} keys {unknown}; allowed keys are {sorted(known)}"
             )
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            if not _of_type(value, hints[name]):
+                raise ValueError(f"{cls.__name__}.{name} must be {hints[name].__name__}, got {value!r:.40}")
         return cls(**d)
+
+
+def _of_type(value, kind: type) -> bool:
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 def _check_norm_kind(kind: str) -> None:
@@ -62,11 +82,11 @@ class GeneratorConfig(_DictConfig):
     def from_dict(cls, d: dict) -> GeneratorConfig:
         """Exports written before palette output was retired record ``"palette": []``: they load;
         one that drew palette classes (a non-empty list) is refused."""
-        d = dict(d)
-        if d.pop("palette", None):
+        if isinstance(d, dict) and d.get("palette"):
             raise ValueError("this generator outputs palette classes (--palette-output), which was retired: "
                              "translate with the release that trained it, or train a new model")
-        return super().from_dict(d)
+        return super().from_dict({key: value for key, value in d.items() if key != "palette"}
+                                 if isinstance(d, dict) else d)
 
     def __post_init__(self):
         _check_positive(

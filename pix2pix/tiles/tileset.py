@@ -7,6 +7,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pix2pix.model.palette import parse_palette
 from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
 TILEJSON_FILE = "tiles.json"
+HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 TILE_TYPES = {".png": TileType.PNG, ".jpg": TileType.JPEG, ".jpeg": TileType.JPEG, ".webp": TileType.WEBP}
 READ_THREADS = 16
 
@@ -118,9 +120,16 @@ def folder_palette(root: storage.Location) -> dict | None:
     written = root.join(TILEJSON_FILE)
     if not storage.exists(written):
         return None
-    palette = json.loads(storage.read_text(written)).get("palette")
+    try:
+        raw = json.loads(storage.read_text(written))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise TileSetError(f"{written.uri} is not a TileJSON file: {type(error).__name__}") from None
+    palette = raw.get("palette") if isinstance(raw, dict) else None
     if not palette:
         return None
+    if not isinstance(palette, dict) or not all(isinstance(colour, str) and HEX_COLOUR.fullmatch(colour)
+                                                for colour in palette.values()):
+        raise TileSetError(f"{written.uri}: its palette must map class names to #rrggbb colours")
     return parse_palette({name: [int(colour[i:i + 2], 16) for i in (1, 3, 5)] for name, colour in palette.items()},
                          written.uri)
 

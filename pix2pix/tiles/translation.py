@@ -45,7 +45,10 @@ def fit_tile(image: np.ndarray, size: int, on_size: str) -> np.ndarray:
     if on_size == "error":
         raise BadImage(f"tile is {width}x{height}, expected {size}x{size} (--on-size error)")
     shrinking = width * height > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    try:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    except cv2.error as error:  # e.g. a size OpenCV cannot allocate: a bad tile, not a failed job
+        raise BadImage(f"cannot resize the {width}x{height} tile to {size}x{size}: {error.err}") from None
 
 
 def context_margin(pixels: int, tile_size: int, depth: int) -> int:

@@ -26,6 +26,7 @@ from pix2pix.model.inference import memory_format, model_inputs, run_generator
 from pix2pix.model.losses import PaletteTerm, discriminator_loss, generator_loss
 from pix2pix.model.metrics import MetricAccumulator
 from pix2pix.model.networks import (
+    MAX_IMAGE_SIZE,
     NORM_KINDS,
     UPSAMPLE_KINDS,
     DiscriminatorConfig,
@@ -161,6 +162,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with one readable line for a configuration that cannot train."""
+        if not 0 < self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"the image size must be between 1 and {MAX_IMAGE_SIZE}, got {self.image_size}")
         if self.crop_size is not None and not 0 < self.crop_size <= self.image_size:
             raise ConfigError(f"the crop size must be between 1 and the image size ({self.image_size})")
         try:  # the networks' own checks, in the words of the flags

@@ -248,3 +248,79 @@ def test_resuming_a_run_of_another_architecture_is_refused_naming_the_mismatch(t
         with pytest.raises(CheckpointError, match=message) as raised:
             fit(job, TrainResources(1, False, 1.0, 1), str(tmp_path / "runs"), "city")
         assert "use another --name" in str(raised.value)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _generator_json(tmp_path) -> dict:
+    import json
+
+    directory = str(tmp_path / "export")
+    export(directory)
+    return json.loads((tmp_path / "export" / CONFIG_FILE).read_text())
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda raw: [raw], "is not a pix2pix-generator"),
+    (lambda raw: {**raw, "generator": {**raw["generator"], "depth": 6.5}}, "depth must be int, got 6.5"),
+    (lambda raw: {**raw, "generator": {**raw["generator"], "ngf": 4.5}}, "ngf must be int"),
+    (lambda raw: {**raw, "generator": {**raw["generator"], "ngf": 1e12}}, "ngf must be int"),
+    (lambda raw: {**raw, "generator": {**raw["generator"], "ngf": True}}, "ngf must be int"),
+    (lambda raw: {**raw, "generator": [1, 2]}, "must be a JSON object"),
+    (lambda raw: {**raw, "precision": 5}, "precision must be one of"),
+    (lambda raw: {**raw, "image_size": 32768}, "image_size must be an integer 1..4096, got 32768"),
+    (lambda raw: {**raw, "image_size": "64"}, "image_size must be an integer"),
+    (lambda raw: {**raw, "step": -1}, "step must be an integer >= 0"),
+], ids=["list", "depth float", "ngf float", "ngf 1e12", "ngf bool", "generator list", "precision int",
+        "image size 32768", "image size string", "negative step"])
+def test_a_malformed_generator_json_is_one_checkpoint_error(tmp_path, tamper, message):
+    """Before: tracebacks (TypeError, AttributeError), or a 32768 px image size accepted, each
+    small tile then resized to a 3 GiB array."""
+    import json
+
+    raw = _generator_json(tmp_path)
+    (tmp_path / "export" / CONFIG_FILE).write_text(json.dumps(tamper(raw)))
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        checkpoint.load_generator(str(tmp_path / "export"))
+
+
+def test_deeply_nested_or_wrongly_typed_json_files_are_one_line(tmp_path, record):
+    """generator.json, a --palette file and a tiles.json 100,000 brackets deep, and a tiles.json
+    palette of the wrong type: one line each from the job, no RecursionError or TypeError."""
+    _generator_json(tmp_path)
+    (tmp_path / "export" / CONFIG_FILE).write_text(DEEP)
+    (tmp_path / "deep.json").write_text(DEEP)
+    maps = tmp_path / "maps"
+    (maps / "3" / "2").mkdir(parents=True)
+    (maps / "3" / "2" / "5.png").write_bytes(encoded(smooth_image(0), "PNG"))
+    lines = {}
+    for name, tiles_json, args in (
+            ("generator.json", None,
+             ("jobs/evaluate.py", "--data", str(maps), "--checkpoint", str(tmp_path / "export"))),
+            ("--palette", None, ("jobs/train.py", "--data", str(tmp_path), "--palette", str(tmp_path / "deep.json"))),
+            ("tiles.json", DEEP, ("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "a.pmtiles"))),
+            ("tiles.json palette", '{"palette": ["#ff0000"]}',
+             ("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "b.pmtiles"))),
+            ("tiles.json colour", '{"palette": {"road": [1, 2, 3]}}',
+             ("jobs/view.py", "--map", str(maps), "--port", "0"))):
+        if tiles_json is not None:
+            (maps / "tiles.json").write_text(tiles_json)
+        completed = subprocess.run([sys.executable, *args], cwd=Path(__file__).parents[2], capture_output=True,
+                                   text=True, timeout=120)
+        lines[name] = completed.stderr.strip().splitlines()
+        assert completed.returncode == 1 and len(lines[name]) == 1 and lines[name][0].startswith("error: "), \
+            (name, completed.stderr[-1500:])
+    assert "nested too deeply" in lines["generator.json"][0] and "nested too deeply" in lines["--palette"][0]
+    assert "not a TileJSON file" in lines["tiles.json"][0]
+    assert "#rrggbb" in lines["tiles.json palette"][0] and "#rrggbb" in lines["tiles.json colour"][0]
+    record("JSON 100,000 brackets deep (generator.json, --palette, tiles.json); a tiles.json palette of the "
+           "wrong type", "one line each, exit 1 (RecursionError and TypeError tracebacks before)", "none")
+
+
+def test_a_tile_opencv_cannot_resize_is_a_bad_tile():
+    from pix2pix.images import BadImage
+    from pix2pix.tiles.translation import fit_tile
+
+    with pytest.raises(BadImage, match="cannot resize the 0x4 tile to 64x64"):
+        fit_tile(np.zeros((4, 0, 3), np.uint8), 64, "resize")
