@@ -204,7 +204,10 @@ def test_job_prints_one_json_line_and_writes_the_grid(raw_pairs, tiny_checkpoint
     assert set(summary["per_class_iou"]) <= set(RECIFE_PALETTE)
     assert 0 <= summary["pixel_accuracy"] <= 1 and 0 <= summary["miou"] <= 1
     for target_class, row in summary["confusion"].items():  # each target class's pixels, all of them
-        assert sum(row.values()) == pytest.approx(1, abs=1e-3) and row[target_class] == summary["recall"][target_class]
+        assert sum(row.values()) == pytest.approx(1, abs=1e-3)
+        assert row[target_class] == summary["class_recall"][target_class]
+    # The precision the model ran at, not overwritten by the classes' precision (it was before).
+    assert summary["precision"] in ("bf16", "fp32") and set(summary["class_precision"]) <= set(RECIFE_PALETTE)
     assert sum(summary["predicted_share"].values()) == pytest.approx(1, abs=1e-3)
     assert Image.open(grid).size == (3 * 64 + 2 * 4, 2 * 64 + 4)  # source | generated | target, 2 rows
 

@@ -127,8 +127,8 @@ def test_class_report_hand_computed():
     assert confusion.tolist() == [[1, 2, 0], [0, 1, 0], [0, 1, 3]]
     report = class_report(confusion, list(three))
     assert report["confusion"]["dark"] == pytest.approx({"dark": 1 / 3, "grey": 2 / 3, "light": 0}, abs=1e-4)
-    assert report["precision"] == pytest.approx({"dark": 1, "grey": 1 / 4, "light": 1}, abs=1e-4)
-    assert report["recall"] == pytest.approx({"dark": 1 / 3, "grey": 1, "light": 3 / 4}, abs=1e-4)
+    assert report["class_precision"] == pytest.approx({"dark": 1, "grey": 1 / 4, "light": 1}, abs=1e-4)
+    assert report["class_recall"] == pytest.approx({"dark": 1 / 3, "grey": 1, "light": 3 / 4}, abs=1e-4)
     assert report["target_share"] == pytest.approx({"dark": 3 / 8, "grey": 1 / 8, "light": 4 / 8}, abs=1e-4)
     assert report["predicted_share"] == pytest.approx({"dark": 1 / 8, "grey": 4 / 8, "light": 3 / 8}, abs=1e-4)
     intersection_over_union = class_iou(paint(pred, three), paint(target, three), three)

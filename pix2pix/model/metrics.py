@@ -145,7 +145,8 @@ def iou_counts(pred: Tensor, target: Tensor, palette: Mapping,
 
 def class_report(confusion: Tensor, names: list[str]) -> dict[str, dict]:
     """What a confusion matrix (target rows, predicted columns) says per class: the share of each
-    target class's pixels predicted as each class, precision, recall, and each class's share of
+    target class's pixels predicted as each class, its precision and recall (named apart from
+    the numeric precision a model runs at), and each class's share of
     the target and of the predicted pixels (a class predicted far more often than it occurs is
     where the false positives are)."""
     counts = confusion.tolist()
@@ -158,7 +159,7 @@ def class_report(confusion: Tensor, names: list[str]) -> dict[str, dict]:
     correct = [counts[k][k] for k in range(len(names))]
     return {
         "confusion": {name: shares(counts[k], [rows[k]] * len(names)) for k, name in enumerate(names) if rows[k] > 0},
-        "precision": shares(correct, columns), "recall": shares(correct, rows),
+        "class_precision": shares(correct, columns), "class_recall": shares(correct, rows),
         "target_share": shares(rows, [total] * len(names)), "predicted_share": shares(columns, [total] * len(names)),
     }
 
