@@ -248,6 +248,9 @@ def manifest_parts(location: storage.Location) -> list[list]:
             raise ManifestError(f"cannot read manifest {path}: {error}") from None
         if "key" not in columns:
             raise ManifestError(f"manifest {path} has no 'key' column (columns: {', '.join(columns)})")
+    if not parts:  # else it would read as no manifest at all, and the whole input be planned
+        raise ManifestError(f"manifest {location.uri} holds no keys: no .csv or .parquet file, or Parquet files "
+                            "with no row group")
     return parts
 
 

@@ -324,3 +324,20 @@ def test_a_tile_opencv_cannot_resize_is_a_bad_tile():
 
     with pytest.raises(BadImage, match="cannot resize the 0x4 tile to 64x64"):
         fit_tile(np.zeros((4, 0, 3), np.uint8), 64, "resize")
+
+
+def test_an_empty_manifest_is_an_error_not_the_whole_input(tmp_path):
+    """A manifest folder with no .csv or .parquet, and a Parquet manifest with no row group, read
+    as 'no manifest' before: the whole input was planned."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pix2pix.tiles.plan import ManifestError, manifest_parts
+
+    (tmp_path / "no-files").mkdir()
+    (tmp_path / "no-files" / "readme.txt").write_text("keys go here")
+    pq.ParquetWriter(tmp_path / "empty.parquet", pa.schema([("key", pa.string())])).close()
+    assert pq.ParquetFile(tmp_path / "empty.parquet").metadata.num_row_groups == 0
+    for name in ("no-files", "empty.parquet"):
+        with pytest.raises(ManifestError, match="holds no keys"):
+            manifest_parts(storage.resolve(str(tmp_path / name)))
