@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     cli.print_summary({"input": args.input, "output": args.output, **counts, "archive_bytes": size,
                        "zooms": list(tiles.zooms), "seconds": round(seconds, 2),
                        "tiles_per_s": round(counts["tiles"] / seconds, 1),
-                       "palette": list(palette) if palette else None})
+                       "palette": list(palette) if palette else None,
+                       "links_outside_skipped": tiles.links_outside})
     return 0
 
 

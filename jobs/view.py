@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     layers = {"map": open_layer("map", args.map)}
     if args.satellite:
         layers["satellite"] = open_layer("satellite", args.satellite)
+    for layer in layers.values():
+        if layer.links_outside:
+            print(f"{layer.name}: {layer.links_outside} links to files outside the folder skipped", flush=True)
     server = serve(layers, args.host, args.port, tuple(args.allow_host))
     host, port = server.server_address[:2]
     print(f"map page: http://{host}:{port}/  (Ctrl-C to stop)", flush=True)

@@ -41,6 +41,7 @@ class TileSet:
     root: storage.Location
     keys: Mapping[TileKey, str]
     extension: str  # ".png"
+    links_outside: int = 0  # symbolic links that resolve outside the folder: skipped, never read
 
     @property
     def zooms(self) -> tuple[int, int]:
@@ -72,10 +73,17 @@ class TileSet:
 
 
 def scan(root: storage.Location) -> TileSet:
-    """The tiles ``z/x/y.ext`` directly under ``root``, one format only."""
+    """The tiles ``z/x/y.ext`` directly under ``root``, one format only. A local tile that is a
+    link to a file outside the folder is skipped and counted: a folder of tiles must not serve or
+    pack whatever file on the machine a link names."""
     keys: dict[TileKey, str] = {}
     extensions = set()
+    links_outside = 0
+    real_root = os.path.realpath(root.path) if root.is_local else None
     for path in storage.list_files(root, tuple(TILE_TYPES)):
+        if real_root is not None and os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+            links_outside += 1
+            continue
         relative = posixpath.relpath(path, root.path)
         tile = parse_tile_key(relative)
         if tile is None or relative.count("/") != 2:
@@ -86,7 +94,7 @@ def scan(root: storage.Location) -> TileSet:
         raise TileSetError(f"no XYZ tiles (z/x/y.png, .jpg or .webp) under {root.uri}")
     if len(extensions) > 1:
         raise TileSetError(f"{root.uri} mixes tile formats ({', '.join(sorted(extensions))}): keep one per folder")
-    return TileSet(root, keys, extensions.pop())
+    return TileSet(root, keys, extensions.pop(), links_outside)
 
 
 def xyz_template(root: storage.Location, extension: str) -> str:

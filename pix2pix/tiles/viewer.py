@@ -38,6 +38,7 @@ class Layer:
     spec: dict
     extension: str
     get: object  # (TileKey) -> bytes | None
+    links_outside: int = 0  # links to files outside the folder, skipped (tileset.scan)
 
 
 def folder_layer(name: str, uri: str) -> Layer:
@@ -50,7 +51,7 @@ def folder_layer(name: str, uri: str) -> Layer:
     def get(tile: TileKey) -> bytes | None:
         return tiles.read(tile) if tile in tiles.keys else None
 
-    return Layer(name, spec, tiles.extension, get)
+    return Layer(name, spec, tiles.extension, get, tiles.links_outside)
 
 
 def archive_layer(name: str, path: str) -> Layer:

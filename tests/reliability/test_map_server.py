@@ -115,3 +115,29 @@ def test_slow_clients_time_out_and_the_connection_cap_holds(server, tiles, recor
             sock.close()
     record("view: 10 connections that stall mid-request, cap 4, timeout 1 s",
            "those over the cap closed at once, the rest dropped after 1 s; a normal request served", "none", waited)
+
+
+def test_links_to_files_outside_the_folder_are_neither_served_nor_packed(server, tiles, tmp_path, record):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    secret = tmp_path / "private.png"
+    secret.write_bytes(b"\x89PNG not a tile but a file of the user's")
+    folder = tmp_path / "maps"
+    (folder / "2" / "0").mkdir(parents=True)
+    (folder / "2" / "0" / "0.png").symlink_to(secret)
+    (folder / "3" / "2" / "6.png").symlink_to(folder / "3" / "2" / "5.png")  # inside the folder: a tile
+    address = server()
+    assert get(address, "/map/2/0/0.png")[0] == 404
+    assert get(address, "/map/3/2/6.png") == (200, tiles[1])
+    packed = subprocess.run([sys.executable, "jobs/pack.py", "--input", str(folder), "--output",
+                             str(tmp_path / "a.pmtiles")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert packed.returncode == 0, packed.stderr
+    summary = json.loads(packed.stdout.strip().splitlines()[-1])
+    assert (summary["tiles"], summary["links_outside_skipped"]) == (2, 1)
+    assert secret.read_bytes() not in (tmp_path / "a.pmtiles").read_bytes()
+    record("view/pack: a tile that is a link to a file outside the folder", "skipped and counted: 404, not "
+           "packed (served and packed before)", "none")
