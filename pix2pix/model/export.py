@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass
 
 import safetensors.torch
@@ -171,7 +172,19 @@ def training_state_bytes(state: dict) -> bytes:
 
 
 def training_state_from_bytes(data: bytes, uri: str) -> dict:
-    """The full training state, loaded with weights_only=True (no code execution)."""
+    """The full training state, loaded with weights_only=True (no code execution), once its zip
+    archive is known to hold stored entries only: torch.save compresses nothing, and a state
+    re-zipped with compression could unpack to any size (weights_only does not bound that)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            packed = [entry.filename for entry in archive.infolist() if entry.compress_type != zipfile.ZIP_STORED
+                      or entry.file_size != entry.compress_size]
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(f"cannot read {TRAINING_STATE_FILE} in {uri}: not a torch.save archive ({error})") \
+            from None
+    if packed:
+        raise CheckpointError(f"cannot read {TRAINING_STATE_FILE} in {uri}: {len(packed)} compressed entries "
+                              f"(e.g. {packed[0]}); torch.save writes none, refused unread")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:

@@ -341,3 +341,28 @@ def test_an_empty_manifest_is_an_error_not_the_whole_input(tmp_path):
     for name in ("no-files", "empty.parquet"):
         with pytest.raises(ManifestError, match="holds no keys"):
             manifest_parts(storage.resolve(str(tmp_path / name)))
+
+
+def test_a_training_state_rezipped_with_compression_is_refused_unread(tmp_path, record):
+    """A zip bomb: a state of 64 MiB of zeros re-zipped with deflate is ~64 KiB on disk; torch.load
+    (weights_only or not) would inflate all of it. torch.save writes stored entries only."""
+    import zipfile
+
+    state = storage.resolve(str(tmp_path / "state"))
+    checkpoint.save_training_state({"weights": torch.zeros(16 * 2**20), "config": {}}, state)
+    path = tmp_path / "state" / TRAINING_STATE_FILE
+    stored = path.read_bytes()
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(stored)) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry.filename))
+    path.write_bytes(bomb.getvalue())
+    assert len(bomb.getvalue()) < len(stored) / 100
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="cannot read training_state.pt in .*compressed entries"):
+        checkpoint.load_training_state(state)
+    refused_in = time.perf_counter() - started
+    path.write_bytes(stored)  # the state as torch.save wrote it still loads
+    assert checkpoint.load_training_state(state)["weights"].numel() == 16 * 2**20
+    record("checkpoint: training_state.pt re-zipped with compression (a zip bomb)",
+           f"refused before loading, in {refused_in:.3f} s; the state as written still loads", "none")
