@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # Pillow's names of the formats above
 
 # Pillow only warns below 2x its own limit (~179 MP); a tile job knows the size it expects.
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -23,14 +24,17 @@ class BadImage(ValueError):
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 RGB. Grayscale, palette, RGBA and 16-bit become RGB.
 
-    The declared size is checked from the header before any pixel is decoded.
+    Only DECODED_FORMATS are opened (Pillow knows dozens, EPS among them, which it hands to
+    Ghostscript). The declared size is checked from the header before any pixel is decoded.
+    EXIF orientation is not applied: a tile's pixels sit where its key's grid cell says,
+    whatever a camera recorded.
     """
     if not data:
         raise BadImage("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise BadImage(f"declared size {width}x{height} exceeds the {max_pixels}-pixel limit")

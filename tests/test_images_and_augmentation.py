@@ -164,3 +164,20 @@ def test_encode_round_trip(rgb, fmt):
     assert decoded.shape == rgb.shape
     if fmt == "png":
         assert np.array_equal(decoded, rgb)
+
+
+def test_only_the_listed_formats_are_decoded_and_exif_orientation_is_not_applied(rgb):
+    import PIL.Image
+
+    for fmt in ("GIF", "ICO", "PPM", "TGA"):  # formats Pillow reads, outside the list
+        with pytest.raises(BadImage, match="not a recognised image format"):
+            decode_image(encode(rgb, fmt))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(BadImage, match="not a recognised image format"):
+        decode_image(eps)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(rgb).save(buffer, format="PNG", exif=exif)
+    assert PIL.Image.open(io.BytesIO(buffer.getvalue())).getexif()[0x0112] == 6
+    assert np.array_equal(decode_image(buffer.getvalue()), rgb)  # the stored grid, not turned
