@@ -296,6 +296,19 @@ def _checked(keys: list) -> tuple[list[Unit], list[str]]:
     return failures, valid
 
 
+def _one_per_output(keys: list[str], image_format: str) -> tuple[list[Unit], list[str]]:
+    """(failure units, the keys that write) where several inputs would write one output file
+    (1/0/0.png, 1/0/0.jpg and 1/0/0.webp all write 1/0/0.png): the first in key order wins."""
+    winners: dict[str, str] = {}
+    for key in sorted(keys):
+        winners.setdefault(output_key(key, image_format), key)
+    kept = set(winners.values())
+    failures = [Unit(unit=key, key=key, reason=f"output {output_key(key, image_format)} is also that of "
+                     f"{winners[output_key(key, image_format)]}, which is written (first in key order)")
+                for key in keys if key not in kept]
+    return failures, [key for key in keys if key in kept]
+
+
 def _single_units(keys: list[str], done: set[str], settings: PlanSettings) -> list[Unit]:
     units, skipped = [], []
     for key in keys:
@@ -325,6 +338,11 @@ def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Locat
                                   and _selected(key, shard.bbox)])
     else:
         units, wanted = _checked(shard.wanted)
+    collisions, wanted = _one_per_output(wanted, settings.image_format)
+    if collisions:  # the neighbours a block reads are the winners too
+        losers = {unit.key for unit in collisions}
+        listed = [key for key in listed if key not in losers]
+    units += collisions
     before = settings.written_before_ns
     if settings.overwrite:
         done = set()

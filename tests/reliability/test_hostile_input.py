@@ -366,3 +366,22 @@ def test_a_training_state_rezipped_with_compression_is_refused_unread(tmp_path, 
     assert checkpoint.load_training_state(state)["weights"].numel() == 16 * 2**20
     record("checkpoint: training_state.pt re-zipped with compression (a zip bomb)",
            f"refused before loading, in {refused_in:.3f} s; the state as written still loads", "none")
+
+
+@pytest.mark.parametrize("margin", [0, 16], ids=["tiles", "context"])
+def test_inputs_that_would_write_one_output_are_recorded_first_in_key_order_wins(tmp_path, margin):
+    """1/0/0.png, .jpg and .webp all write 1/0/0.png: before, the write that landed last won
+    (or, with --context, the later keys were silently never planned)."""
+    for key in ("1/0/0.png", "1/0/0.webp", "1/0/0.jpg", "1/0/1.jpg", "1/1/0.png", "1/1/1.png"):
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_bytes(encoded(smooth_image(0)))
+    root, output = storage.resolve(str(tmp_path / "in")), storage.resolve(str(tmp_path / "out"))
+    settings = PlanSettings(margin=margin)
+    units = [unit for shard in discover_shards(root, settings) for unit in plan_shard(shard, root, output, settings)]
+    refused = {unit.key: unit.reason for unit in units if unit.reason}
+    assert sorted(refused) == ["1/0/0.png", "1/0/0.webp"]
+    assert all("is also that of 1/0/0.jpg, which is written" in reason for reason in refused.values())
+    written = sorted(tile["key"] for unit in units if not unit.reason for tile in unit.tiles if tile["write"])
+    assert written == ["1/0/0.jpg", "1/0/1.jpg", "1/1/0.png", "1/1/1.png"]
+    read = {tile["key"] for unit in units if not unit.reason for tile in unit.tiles}
+    assert not read & set(refused)  # a loser is not a neighbour either
