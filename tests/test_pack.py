@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
-from pix2pix.tiles.tileset import Archive
+from pix2pix.tiles.archive import Archive
 from tests.conftest import REPO
 
 

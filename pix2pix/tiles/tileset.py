@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import mercantile
 from PIL import Image
-from pmtiles.reader import MmapSource, Reader
 from pmtiles.tile import Compression, TileType, zxy_to_tileid
 from pmtiles.writer import Writer
 
@@ -179,23 +178,3 @@ def write_pmtiles(handle, tiles: Iterable[tuple[TileKey, bytes]], extension: str
         "center_zoom": center[2], "center_lon_e7": e7(center[0]), "center_lat_e7": e7(center[1]),
     }, metadata)
     return {"tiles": count, "tile_bytes": size, "unique_tiles": len(writer.hash_to_offset)}
-
-
-class Archive:
-    """A local PMTiles archive opened for reading tiles: ``get(z, x, y)`` -> bytes or None."""
-
-    def __init__(self, path: str):
-        self.handle = open(path, "rb")
-        try:
-            self.reader = Reader(MmapSource(self.handle))
-            self.header = self.reader.header()
-        except Exception as error:  # the library raises bare exceptions on foreign files
-            self.handle.close()
-            raise TileSetError(f"{path} is not a PMTiles v3 archive: {error}") from None
-        self.metadata = self.reader.metadata()
-
-    def get(self, z: int, x: int, y: int) -> bytes | None:
-        return self.reader.get(z, x, y)
-
-    def close(self) -> None:
-        self.handle.close()

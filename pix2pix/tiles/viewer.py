@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pix2pix import storage
-from pix2pix.tiles.tileset import Archive, TileSetError, folder_palette, scan, tilejson
+from pix2pix.tiles.archive import Archive
+from pix2pix.tiles.tileset import TileSetError, folder_palette, scan, tilejson
 from pix2pix.tiles.xyz import TileKey
 
 PAGE = Path(__file__).with_name("viewer.html")

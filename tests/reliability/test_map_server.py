@@ -141,3 +141,73 @@ def test_links_to_files_outside_the_folder_are_neither_served_nor_packed(server,
     assert secret.read_bytes() not in (tmp_path / "a.pmtiles").read_bytes()
     record("view/pack: a tile that is a link to a file outside the folder", "skipped and counted: 404, not "
            "packed (served and packed before)", "none")
+
+
+def _archive(path, metadata) -> str:
+    from pix2pix.tiles.tileset import write_pmtiles
+    from pix2pix.tiles.xyz import TileKey
+
+    with open(path, "wb") as handle:
+        write_pmtiles(handle, [(TileKey(3, 2, 5), b"\x89PNG tile")], ".png", metadata, (0.0, -45.0, 45.0, 0.0),
+                      (22.5, -22.5, 3))
+    return str(path)
+
+
+def _bomb(path, unpacked: int) -> str:
+    """A PMTiles archive whose root directory is `unpacked` bytes of zeros, gzipped to ~1/1000."""
+    import gzip
+
+    from pmtiles.tile import Compression, deserialize_header, serialize_header
+
+    header = deserialize_header(open(_archive(path, {}), "rb").read()[:127])
+    root = gzip.compress(b"\0" * unpacked, compresslevel=9)
+    metadata = gzip.compress(b"{}")
+    header.update(root_offset=127, root_length=len(root), metadata_offset=127 + len(root),
+                  metadata_length=len(metadata), leaf_directory_offset=127 + len(root) + len(metadata),
+                  leaf_directory_length=0, tile_data_offset=127 + len(root) + len(metadata), tile_data_length=0,
+                  internal_compression=Compression.GZIP)
+    with open(path, "wb") as handle:
+        handle.write(serialize_header(header) + root + metadata)
+    return str(path)
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"extension": ".exe"}, "tile extension '.exe' is not one of"),
+    ({"palette": {"road": "url(http://127.0.0.1:9/beacon)"}}, "palette colour for 'road' is not #rrggbb"),
+    ({"palette": {"road": [1, 2, 300]}}, "palette colour for 'road'"),
+    ({"minzoom": 2.5}, "minzoom must be an integer"),
+    ([1, 2, 3], "metadata is not a JSON object"),
+], ids=["extension", "css url", "colour range", "float zoom", "list"])
+def test_a_hostile_archive_is_refused_in_one_line_before_serving(tmp_path, metadata, message):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    path = _archive(tmp_path / "city.pmtiles", metadata)
+    completed = subprocess.run([sys.executable, "jobs/view.py", "--map", path, "--port", "0"], cwd=REPO,
+                               capture_output=True, text=True, timeout=60)
+    lines = completed.stderr.strip().splitlines()
+    assert completed.returncode == 1 and len(lines) == 1 and "cannot be served" in lines[0] and message in lines[0], \
+        completed.stderr[-1500:]
+
+
+def test_an_archive_whose_directory_unpacks_huge_is_refused_at_once(tmp_path, record):
+    from pix2pix.tiles.archive import MAX_DIRECTORY_BYTES, Archive
+    from pix2pix.tiles.tileset import TileSetError
+
+    path = _bomb(tmp_path / "bomb.pmtiles", MAX_DIRECTORY_BYTES + 2**20)
+    started = time.perf_counter()
+    with pytest.raises(TileSetError, match="unpacks to more than"):
+        Archive(path)
+    refused_in = time.perf_counter() - started
+    good = Archive(_archive(tmp_path / "good.pmtiles", {"palette": {"road": [127, 127, 127]}}))
+    try:
+        assert good.get(3, 2, 5) == b"\x89PNG tile" and good.get(3, 2, 6) is None and good.get(40, 0, 0) is None
+        assert good.metadata["palette"] == {"road": "#7f7f7f"}
+        assert good.get(3, 2, 5) == b"\x89PNG tile" and good._leaf.cache_info().maxsize == 256
+    finally:
+        good.close()
+    record("view: a .pmtiles whose root directory unpacks to 33 MiB from a few KiB; metadata with an unknown "
+           "extension, a CSS url() as a colour, a list", f"refused in one line ({refused_in:.2f} s for the bomb); "
+           "before, every tile request unpacked the directory again, and the metadata reached the page", "none")
