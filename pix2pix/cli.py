@@ -59,7 +59,8 @@ def flag_values(args: argparse.Namespace, options) -> dict:
 
 
 def print_summary(summary: dict) -> None:
-    print(json.dumps(summary, sort_keys=False, default=str), flush=True)
+    """The job's closing JSON line, redacted like every other line it prints."""
+    print(redact(json.dumps(summary, sort_keys=False, default=str)), flush=True)
 
 
 def run(main: Callable[[], int | None]) -> None:

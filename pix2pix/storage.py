@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import json
 import os
 import posixpath
 import random
@@ -17,14 +18,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import quote, quote_plus, urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pix2pix.errors import JobError
 
-_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "RAY_AUTH_TOKEN")
 DEFAULT_MAX_ATTEMPTS = 10
 # Transient failures the AWS SDK reports as non-retryable: a 5xx/SlowDown answer to a GetObject
 # whose error body (a few hundred bytes of XML) does not fit the buffer pyarrow sized for the
@@ -165,12 +166,20 @@ copyreg.pickle(pafs.S3FileSystem, _reduce_s3)  # honoured by pickle and by Ray's
 
 
 def redact(text: str) -> str:
-    """Remove credential values found in the environment from a message."""
+    """Remove credential values found in the environment from a message, in every form a
+    message can carry them: as written, percent-encoded (an AWS secret holds '/' and '+'),
+    form-encoded and JSON-escaped."""
     for name in _SECRET_VARIABLES:
         value = os.environ.get(name)
         if value and len(value) >= 4:
-            text = text.replace(value, f"<{name}>")
+            for form in _written_forms(value):
+                text = text.replace(form, f"<{name}>")
     return text
+
+
+def _written_forms(value: str) -> list[str]:
+    forms = {value, quote(value, safe=""), quote(value, safe="/"), quote_plus(value), json.dumps(value)[1:-1]}
+    return sorted(forms, key=len, reverse=True)  # longest first: no form is left half replaced
 
 
 @store_errors()

@@ -96,3 +96,23 @@ def test_credentials_inside_a_uri_are_refused_without_being_echoed(uri):
     message = str(raised.value)
     assert "must not hold credentials" in message
     assert not any(part in message for part in ("AKIAEXAMPLE", "se%2Bcr", "only-a-key", ":x@"))
+
+
+def test_every_form_of_a_secret_is_redacted(monkeypatch):
+    from urllib.parse import quote, quote_plus
+
+    secret = "wJalr/XUtnFEMI+K7MDENG/bPxRfiCYEXAMPLEKEY"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-token-0123456789")
+    for form in (secret, quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        line = storage.redact(f"error: s3://b/{form}/x failed")
+        assert line == "error: s3://b/<AWS_SECRET_ACCESS_KEY>/x failed", form
+    assert "ray-token" not in storage.redact("Authorization: Bearer ray-token-0123456789")
+
+
+def test_the_closing_summary_is_redacted(monkeypatch, capsys):
+    from pix2pix import cli
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t/with+signs")
+    cli.print_summary({"output": "s3://b/s3cr3t%2Fwith%2Bsigns"})
+    assert capsys.readouterr().out.strip() == '{"output": "s3://b/<AWS_SECRET_ACCESS_KEY>"}'
