@@ -183,19 +183,17 @@ def _written_forms(value: str) -> list[str]:
 
 
 @store_errors()
-def exists(location: Location) -> bool:
-    return location.filesystem.get_file_info(location.path).type != pafs.FileType.NotFound
-
-
-@store_errors()
-def is_dir(location: Location) -> bool:
-    return location.filesystem.get_file_info(location.path).type == pafs.FileType.Directory
-
-
-@store_errors()
 def file_info(filesystem: pafs.FileSystem, paths):
     """pyarrow's get_file_info (a path, a list of paths or a FileSelector) at the boundary."""
     return filesystem.get_file_info(paths)
+
+
+def exists(location: Location) -> bool:
+    return file_info(location.filesystem, location.path).type != pafs.FileType.NotFound
+
+
+def is_dir(location: Location) -> bool:
+    return file_info(location.filesystem, location.path).type == pafs.FileType.Directory
 
 
 def list_files(location: Location, suffixes: tuple[str, ...] = ()) -> Iterator[str]:

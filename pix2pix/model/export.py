@@ -2,8 +2,9 @@
 
 An export is ``generator.safetensors`` (weights) plus ``generator.json`` (architecture, image
 size, direction, step, precision, palette). A training state is ``training_state.pt`` (G, D,
-optimizers, schedulers), loaded with ``torch.load(weights_only=True)``, with the run's training
-configuration beside it as ``training.json``. Where the files live is pix2pix/checkpoint.py's
+their optimizers and grad scalers, the weight average), loaded with
+``torch.load(weights_only=True)``, with the run's training configuration beside it as
+``training.json``. Where the files live is pix2pix/checkpoint.py's
 business; here nothing touches storage.
 """
 
@@ -23,20 +24,10 @@ from pix2pix.model.palette import PaletteError, palette_to_json, parse_palette
 from pix2pix.model.precision import PRECISIONS
 
 EXPORT_FORMAT = "pix2pix-generator"
-
-
 EXPORT_VERSION = 1
-
-
 WEIGHTS_FILE = "generator.safetensors"
-
-
 CONFIG_FILE = "generator.json"
-
-
 TRAINING_STATE_FILE = "training_state.pt"
-
-
 TRAINING_CONFIG_FILE = "training.json"
 
 
@@ -82,7 +73,7 @@ class ExportInfo:
         if not isinstance(raw, dict) or raw.get("format") != EXPORT_FORMAT or raw.get("architecture") != "unet":
             raise CheckpointError(f"{CONFIG_FILE} is not a {EXPORT_FORMAT} (unet) export")
         try:
-            info = cls(
+            return cls(
                 generator=GeneratorConfig.from_dict(raw["generator"]),
                 image_size=_integer(raw["image_size"], "image_size", 1, MAX_IMAGE_SIZE),
                 direction=_choice(raw.get("direction", "AtoB"), "direction", ("AtoB", "BtoA")),
@@ -93,7 +84,6 @@ class ExportInfo:
             )
         except (KeyError, TypeError, ValueError, PaletteError) as error:
             raise CheckpointError(f"{CONFIG_FILE} is incomplete or invalid: {error}") from None
-        return info
 
 
 def _integer(value, name: str, low: int, high: int | None = None) -> int:

@@ -82,11 +82,12 @@ class GeneratorConfig(_DictConfig):
     def from_dict(cls, d: dict) -> GeneratorConfig:
         """Exports written before palette output was retired record ``"palette": []``: they load;
         one that drew palette classes (a non-empty list) is refused."""
-        if isinstance(d, dict) and d.get("palette"):
-            raise ValueError("this generator outputs palette classes (--palette-output), which was retired: "
-                             "translate with the release that trained it, or train a new model")
-        return super().from_dict({key: value for key, value in d.items() if key != "palette"}
-                                 if isinstance(d, dict) else d)
+        if isinstance(d, dict):
+            if d.get("palette"):
+                raise ValueError("this generator outputs palette classes (--palette-output), which was retired: "
+                                 "translate with the release that trained it, or train a new model")
+            d = {key: value for key, value in d.items() if key != "palette"}
+        return super().from_dict(d)
 
     def __post_init__(self):
         _check_positive(

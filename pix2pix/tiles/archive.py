@@ -12,16 +12,13 @@ import zlib
 
 from pmtiles.tile import Compression, Entry, deserialize_header, find_tile, read_varint, zxy_to_tileid
 
-from pix2pix.tiles.tileset import TILE_TYPES, TileSetError
-from pix2pix.tiles.xyz import MAX_ZOOM
+from pix2pix.tiles.tileset import HEX_COLOUR, TILE_TYPES, TileSetError, hex_colour
+from pix2pix.tiles.xyz import MAX_ZOOM, in_grid
 
 MAX_DIRECTORY_BYTES = 32 * 2**20  # unpacked; a directory of a million entries takes a few MB
 MAX_METADATA_BYTES = 1 * 2**20
 LEAF_DIRECTORIES_CACHED = 256
 MAX_DEPTH = 4  # root and three levels of leaves, as the format's readers allow
-HEX = "0123456789abcdef"
-
-
 class Archive:
     """``get(z, x, y)`` -> the tile's bytes or None; ``metadata``: checked (``checked_metadata``)."""
 
@@ -45,7 +42,7 @@ class Archive:
         self._leaf = functools.lru_cache(maxsize=LEAF_DIRECTORIES_CACHED)(self._directory)
 
     def get(self, z: int, x: int, y: int) -> bytes | None:
-        if not (0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z):
+        if not in_grid(z, x, y):
             return None
         tile_id = zxy_to_tileid(z, x, y)
         directory = self.root
@@ -135,12 +132,11 @@ def _checked_palette(palette) -> dict[str, str]:
         raise TileSetError("its palette must map at most 256 class names to colours")
     colours = {}
     for name, colour in palette.items():
-        if isinstance(colour, str) and len(colour) == 7 and colour[0] == "#" and \
-                all(c in HEX for c in colour[1:].lower()):
+        if isinstance(colour, str) and HEX_COLOUR.fullmatch(colour):
             colours[str(name)[:100]] = colour.lower()
         elif isinstance(colour, list) and len(colour) == 3 and all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in colour):
-            colours[str(name)[:100]] = "#%02x%02x%02x" % tuple(colour)
+            colours[str(name)[:100]] = hex_colour(colour)
         else:
             raise TileSetError(f"its palette colour for {str(name)[:40]!r} is not #rrggbb or [r, g, b]")
     return colours

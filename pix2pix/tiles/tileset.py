@@ -118,7 +118,7 @@ def tilejson(tileset: TileSet, template: str, palette: Mapping | None = None, na
         "tileSize": tileset.tile_size(),
     }
     if palette:
-        document["palette"] = {name: "#%02x%02x%02x" % tuple(colour) for name, colour in palette.items()}
+        document["palette"] = {name: hex_colour(colour) for name, colour in palette.items()}
     return document
 
 
@@ -139,6 +139,11 @@ def folder_palette(root: storage.Location) -> dict | None:
         raise TileSetError(f"{written.uri}: its palette must map class names to #rrggbb colours")
     return parse_palette({name: [int(colour[i:i + 2], 16) for i in (1, 3, 5)] for name, colour in palette.items()},
                          written.uri)
+
+
+def hex_colour(rgb) -> str:
+    """(r, g, b) 0-255 -> "#rrggbb", as TileJSON palettes (and CSS) write colours."""
+    return "#%02x%02x%02x" % tuple(rgb)
 
 
 def archive_metadata(tileset: TileSet, palette: Mapping | None) -> dict:

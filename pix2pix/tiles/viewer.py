@@ -20,12 +20,11 @@ from pathlib import Path
 from pix2pix import storage
 from pix2pix.tiles.archive import Archive
 from pix2pix.tiles.tileset import TileSetError, folder_palette, scan, tilejson
-from pix2pix.tiles.xyz import TileKey
+from pix2pix.tiles.xyz import TileKey, in_grid
 
 PAGE = Path(__file__).with_name("viewer.html")
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _TILE_PATH = re.compile(r"^/(map|satellite)/(\d{1,10})/(\d{1,10})/(\d{1,10})\.\w+$")
-MAX_ZOOM = 30
 TIMEOUT_S = 30.0  # a connection that sends nothing for this long is closed
 MAX_CONNECTIONS = 64  # served at once; more are closed at once rather than queued
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -93,10 +92,6 @@ def allowed_names(host: str, allow: tuple[str, ...] = ()) -> frozenset[str]:
     return frozenset(names)
 
 
-def tile_in_grid(z: int, x: int, y: int) -> bool:
-    return z <= MAX_ZOOM and x < 2**z and y < 2**z
-
-
 class BoundedServer(ThreadingHTTPServer):
     """A thread per connection, at most ``max_connections`` at once: one over the limit is
     closed at once (the client sees a reset, and may retry) rather than queued."""
@@ -149,10 +144,11 @@ def serve(layers: dict[str, Layer], host: str, port: int, allow_hosts: tuple[str
             if path.endswith(".json") and path[1:-5] in layers:
                 return self._send(200, "application/json", json.dumps(layers[path[1:-5]].spec).encode())
             match = _TILE_PATH.match(path)
-            if match and match[1] in layers and tile_in_grid(int(match[2]), int(match[3]), int(match[4])):
+            tile = TileKey(*map(int, match.group(2, 3, 4))) if match else None
+            if tile is not None and match[1] in layers and in_grid(tile.z, tile.x, tile.y):
                 layer = layers[match[1]]
                 try:
-                    data = layer.get(TileKey(int(match[2]), int(match[3]), int(match[4])))
+                    data = layer.get(tile)
                 except OSError:
                     data = None
                 if data is not None:

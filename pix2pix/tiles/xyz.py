@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+import mercantile
 from PIL import Image
 
 from pix2pix.errors import ConfigError
@@ -26,7 +27,8 @@ class TileKey:
     y: int
 
 
-def _in_grid(z: int, x: int, y: int) -> bool:
+def in_grid(z: int, x: int, y: int) -> bool:
+    """Whether z/x/y names a tile of the Web Mercator grid (zoom at most MAX_ZOOM)."""
     return 0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z
 
 
@@ -45,7 +47,7 @@ def parse_tile_key(path: str) -> TileKey | None:
     if not all(_NUMBER.fullmatch(t) for t in (z_text, x_text, y_text)):
         return None
     z, x, y = int(z_text), int(x_text), int(y_text)
-    return TileKey(z, x, y) if _in_grid(z, x, y) else None
+    return TileKey(z, x, y) if in_grid(z, x, y) else None
 
 
 def tile_key_path(tile: TileKey, ext: str) -> str:
@@ -70,8 +72,6 @@ def tiles_in_bbox(west: float, south: float, east: float, north: float, zoom: in
     _validate_bbox(west, south, east, north)
     if not (isinstance(zoom, int) and 0 <= zoom <= MAX_ZOOM):
         raise ConfigError(f"zoom must be an integer in 0..{MAX_ZOOM}, got {zoom!r}")
-    import mercantile  # here, not at the top: the image helpers below then import without it (bench/gpu_check.py)
-
     return sorted(TileKey(t.z, t.x, t.y) for t in mercantile.tiles(west, south, east, north, zoom))
 
 
@@ -93,7 +93,7 @@ def neighbours(tile: TileKey) -> dict[tuple[int, int], TileKey]:
     result = {}
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            if (dx, dy) != (0, 0) and _in_grid(tile.z, tile.x + dx, tile.y + dy):
+            if (dx, dy) != (0, 0) and in_grid(tile.z, tile.x + dx, tile.y + dy):
                 result[(dx, dy)] = TileKey(tile.z, tile.x + dx, tile.y + dy)
     return result
 
