@@ -63,10 +63,13 @@ def node_type(node: dict, types: dict[str, dict]) -> str:
     return matches[0]
 
 
-def submit(client_env: dict, *entrypoint: str, timeout: int = 400) -> tuple[subprocess.CompletedProcess, float]:
+def submit(client_env: dict, *entrypoint: str, timeout: int = 400,
+           env_vars: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """`ray job submit` as a user would, with ``env_vars`` in the job's runtime environment."""
     started = time.time()
-    completed = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--working-dir", str(REPO), "--",
-                                "python", *entrypoint], env=client_env, capture_output=True, text=True,
+    runtime_env = ["--runtime-env-json", json.dumps({"env_vars": env_vars})] if env_vars else []
+    completed = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--working-dir", str(REPO), *runtime_env,
+                                "--", "python", *entrypoint], env=client_env, capture_output=True, text=True,
                                timeout=timeout)
     return completed, started
 
@@ -140,17 +143,19 @@ def test_a_worker_no_node_type_can_hold_fails_in_one_line(cluster, workspace):
         completed, _ = submit(client_env, "jobs/prepare.py", "--input", str(workspace / "raw"), "--output", str(data))
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     before = len(worker_nodes(address))
+    # The job's wait for a launch, set the way a user sets it (the default 60 s: the test below).
     completed, started = submit(client_env, "jobs/train.py", "--data", str(data), "--storage", str(workspace / "runs"),
-                                "--name", "too-big", "--cpus-per-worker", "64", *TINY_TRAINING, timeout=300)
+                                "--name", "too-big", "--cpus-per-worker", "64", *TINY_TRAINING, timeout=300,
+                                env_vars={"PIX2PIX_AUTOSCALER_WAIT_S": "10"})
     assert completed.returncode != 0
     output = completed.stdout + completed.stderr
     assert re.search(r"error: no node can hold a training worker \{CPU: 64\}: the largest node has .*launched "
-                     r"nothing for it in 60 s", output), output[-3000:]
+                     r"nothing for it in 10 s", output), output[-3000:]
     assert "Traceback" not in output
     assert len(worker_nodes(address)) == before, "nothing was launched for it"
 
 
-def test_without_room_and_without_a_launch_the_wait_ends_in_one_line(ray_session):
+def test_without_room_and_without_a_launch_the_wait_ends_in_one_line(ray_session, monkeypatch):
     from pix2pix.distributed.capacity import CapacityError, wait_for_node
 
     lines = []
@@ -160,3 +165,21 @@ def test_without_room_and_without_a_launch_the_wait_ends_in_one_line(ray_session
     with pytest.raises(CapacityError, match=refusal):
         wait_for_node({"CPU": 64.0}, "a worker", "ask for less", log=lines.append, idle_limit_s=3)
     assert lines == ["waiting for a node for a worker {CPU: 64}: asking the autoscaler"]
+    monkeypatch.setenv("PIX2PIX_AUTOSCALER_WAIT_S", "2")  # what a job's runtime environment sets
+    with pytest.raises(CapacityError, match=r"launched nothing for it in 2 s"):
+        wait_for_node({"CPU": 64.0}, "a worker", "ask for less", log=lines.append)
+
+
+def test_the_wait_for_a_launch_is_60_s_unless_the_environment_says_otherwise(monkeypatch):
+    from pix2pix.distributed.capacity import configured_idle_limit_s
+    from pix2pix.errors import JobError
+
+    monkeypatch.delenv("PIX2PIX_AUTOSCALER_WAIT_S", raising=False)
+    assert configured_idle_limit_s() == 60.0
+    for value, seconds in (("", 60.0), ("300", 300.0), (" 7.5 ", 7.5)):
+        monkeypatch.setenv("PIX2PIX_AUTOSCALER_WAIT_S", value)
+        assert configured_idle_limit_s() == seconds, value
+    for value in ("ten", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv("PIX2PIX_AUTOSCALER_WAIT_S", value)
+        with pytest.raises(JobError, match=r"^PIX2PIX_AUTOSCALER_WAIT_S must be a number of seconds above 0"):
+            configured_idle_limit_s()

@@ -5,12 +5,15 @@ adds such a node if one of its node types is big enough; if none is, Ray waits f
 autoscaler only logs it. So before a job starts its work it checks that some alive node could
 hold one of its bundles; if none can, it asks the autoscaler for one (``request_resources``) and
 waits, saying what it waits for, until such a node is up. It gives up in one line when nothing
-can come: no autoscaler runs, or the autoscaler launches nothing for ``IDLE_LIMIT_S``.
+can come: no autoscaler runs, or the autoscaler launches nothing for ``IDLE_LIMIT_S`` (the
+environment variable ``PIX2PIX_AUTOSCALER_WAIT_S`` sets another limit).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from collections.abc import Callable
 
@@ -23,6 +26,10 @@ from pix2pix.errors import JobError
 # 2-core test cluster once launched nothing in 30 s while it retired the last job's nodes):
 # twelve rounds that launch nothing is its verdict. A launching node keeps the wait going.
 IDLE_LIMIT_S = 60.0
+# A cluster whose autoscaler decides less often (a larger AUTOSCALER_UPDATE_INTERVAL_S, a busy
+# head) needs a longer wait before "nothing is coming" is true; a user who knows no node type
+# is that large, or a pipeline that should fail fast, a shorter one.
+IDLE_LIMIT_VARIABLE = "PIX2PIX_AUTOSCALER_WAIT_S"
 POLL_S = 2.0
 REPORT_EVERY_S = 30.0
 _STATUS_KEY = "__autoscaling_status"  # ray_constants.DEBUG_AUTOSCALING_STATUS (autoscaler v1)
@@ -64,15 +71,33 @@ def autoscaler_launching() -> bool | None:
     return bool(status.pending_launches or status.pending_nodes)
 
 
+def configured_idle_limit_s() -> float:
+    """Seconds of the autoscaler launching nothing after which a job gives up waiting for a node:
+    ``PIX2PIX_AUTOSCALER_WAIT_S`` if set, else ``IDLE_LIMIT_S``."""
+    value = os.environ.get(IDLE_LIMIT_VARIABLE, "").strip()
+    if not value:
+        return IDLE_LIMIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise JobError(f"{IDLE_LIMIT_VARIABLE} must be a number of seconds above 0, not {value[:40]!r}")
+    return seconds
+
+
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
 def wait_for_node(bundle: dict[str, float], what: str, hint: str, log: Callable[[str], None] = _say,
-                  idle_limit_s: float = IDLE_LIMIT_S) -> float:
+                  idle_limit_s: float | None = None) -> float:
     """Return once an alive node can hold ``bundle`` (seconds waited); raise CapacityError when
-    none can and none is coming. ``what`` names the bundle's user ("a training worker"),
+    none can and none is coming (nothing launched for ``idle_limit_s`` seconds, by default
+    ``configured_idle_limit_s()``). ``what`` names the bundle's user ("a training worker"),
     ``hint`` says how to ask for less."""
+    if idle_limit_s is None:
+        idle_limit_s = configured_idle_limit_s()
     if any(holds(node, bundle) for node in alive_nodes()):
         return 0.0
 
