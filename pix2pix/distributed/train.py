@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import pyarrow.fs as pafs
 import ray
 import ray.train
+from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
 
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity, session
@@ -103,6 +104,33 @@ def check_resume(run: storage.Location, config: TrainConfig) -> int:
     return info.epoch
 
 
+def final_error(error: Exception) -> Exception | None:
+    """A worker's DatasetError in a failed worker group, else None: what every retry would meet
+    again, reading the same data."""
+    failures = error.worker_failures.values() if isinstance(error, ray.train.WorkerGroupError) else ()
+    return next((failure for failure in failures if isinstance(failure, DatasetError)), None)
+
+
+class DataErrorsEndTheRun(DefaultFailurePolicy):
+    """Ray Train's failure policy (--max-failures restarts of the worker group), except that a
+    worker's data error ends the run at once."""
+
+    def make_decision(self, training_failed_error: ray.train.TrainingFailedError) -> FailureDecision:
+        if final_error(training_failed_error) is not None:
+            return FailureDecision.RAISE
+        return super().make_decision(training_failed_error)
+
+
+class Trainer(LeanTorchTrainer):
+    """The job's trainer, with DataErrorsEndTheRun as its failure policy. Ray Train builds its
+    default policy inside fit() and hands it to the controller through this private method, which
+    has no public way in."""
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs) -> ray.train.Result:
+        policy = DataErrorsEndTheRun(self.run_config.failure_config)
+        return super()._initialize_and_run_controller(**{**controller_init_kwargs, "failure_policy": policy})
+
+
 def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: str, max_failures: int = 0,
         keep_checkpoints: int | None = 2, verbose: bool = False) -> ray.train.Result:
     location = storage.resolve(storage_uri)
@@ -114,7 +142,7 @@ def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: st
     config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
-    trainer = LeanTorchTrainer(
+    trainer = Trainer(
         train_loop_per_worker,
         train_loop_config={"config": config},
         scaling_config=ray.train.ScalingConfig(
@@ -129,4 +157,10 @@ def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: st
         ),
         owns_instance=session.owns_instance(),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.WorkerGroupError as error:
+        data_error = final_error(error)
+        if data_error is None:
+            raise
+        raise data_error from None  # one line for the user; the workers' tracebacks are in Ray's logs

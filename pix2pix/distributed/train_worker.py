@@ -91,10 +91,12 @@ def train_loop_per_worker(job: dict) -> None:
     pairs_per_step = config.train.batch_size * world_size
     schedule = job_schedule(config, restored, pairs_per_step)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
+    flag_group = host_group()
     history: list[dict[str, float]] = []
     while not schedule.done(model):
         progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
-        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, schedule)
+        model.seed_epoch(rank)
+        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, schedule, flag_group)
         if schedule.done(model):  # a budget runs out inside an epoch: its schedule ends at lr 0
             model.set_learning_rate_factor(schedule.lr_factor(model))
         elif epoch.batches == 0:
@@ -176,6 +178,24 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.cpu().tolist()
 
 
+def host_group() -> dist.ProcessGroup | None:
+    """The group for ``on_every_worker``'s flags: beside nccl a gloo group of the same workers, whose
+    collectives on CPU tensors never wait for the GPU's queued work; None (the default group)
+    where that is gloo already, or with one process. Every worker must call it, at the same point."""
+    if not _distributed() or dist.get_backend() != "nccl":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def on_every_worker(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
+    """Whether ``flag`` holds on every worker: one all-reduce of one number."""
+    if not _distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=group)
+    return bool(tensor.item())
+
+
 @dataclass
 class EpochResult:
     losses: dict[str, float]  # averaged over all workers
@@ -204,8 +224,14 @@ class Progress:
 
 
 def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress: Progress,
-                schedule: EpochSchedule | BudgetSchedule) -> EpochResult:
-    """``steps`` batches (the same count on every worker), fewer when the schedule ends."""
+                schedule: EpochSchedule | BudgetSchedule, flag_group: dist.ProcessGroup | None = None) -> EpochResult:
+    """``steps`` batches (the same count on every worker), fewer when the schedule ends.
+
+    Before each step the workers agree that every one of them has its batch (``flag_group``: the group
+    of host_group). A worker whose data ends early would otherwise leave the step's collectives
+    while the others wait in them until Ray's timeout; now all of them raise a DatasetError. The
+    flag costs one all-reduce of one number per step; agreeing on a step count up front cannot
+    work, since a worker learns that its data is short only when it reads it."""
     started = time.perf_counter()
     names = model.loss_names
     sums = torch.zeros(len(names), device=model.device)  # summed on the device: no sync per step
@@ -216,10 +242,11 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
             break
         model.set_learning_rate_factor(schedule.lr_factor(model))
         asked = time.perf_counter()
-        batch = next(batches, None)
+        batch, problem = next_batch(batches)
         waits.append(time.perf_counter() - asked)
-        if batch is None:
-            break
+        if not on_every_worker(batch is not None, flag_group):
+            raise DatasetError(f"the training data ended at batch {done + 1} of {steps} of epoch {model.epoch + 1}: "
+                               + (problem or "on another worker"))
         parts = model.train_step(batch["source"], batch["target"])
         sums += torch.stack([parts[name].detach().float() for name in names])
         done += 1
@@ -231,6 +258,16 @@ def train_epoch(model: Pix2Pix, batches, steps: int, config: JobConfig, progress
     return EpochResult(losses={name: total / count for name, total in zip(names, totals)},
                        batches=int(totals[-1]), seconds=time.perf_counter() - started,
                        first_batch_seconds=waits[0] if waits else 0.0, input_wait_seconds=sum(waits))
+
+
+def next_batch(batches) -> tuple[dict | None, str | None]:
+    """The next batch, or None and what went wrong: the batches ran out, or the reader found the
+    data changed (a DatasetError the other workers must hear of before they raise it too)."""
+    try:
+        batch = next(batches, None)
+    except DatasetError as error:
+        return None, str(error)
+    return batch, None if batch is not None else "this worker's batches ran out"
 
 
 def validate(model: Pix2Pix, config: JobConfig, rank: int, world_size: int) -> dict[str, float]:

@@ -19,6 +19,9 @@ def memory_format(channels_last: bool | None = None, device: torch.device | str 
     """Training and inference alike: channels_last (NHWC) or NCHW as chosen (--[no-]channels-last);
     None: NCHW for fp32 on a CPU (training 1.25x faster than channels_last on an AVX2 CPU without
     bf16, bench/README.md), channels_last for bf16 and GPUs."""
+    # channels_last reaches the convolutions only: torch 2.13's InstanceNorm2d (the default norm)
+    # returns NCHW for a channels_last input (checked on a CPU), and the next convolution, whose
+    # weights are channels_last, turns its output back.
     if channels_last is None:
         channels_last = not (torch.device(device).type == "cpu" and precision == "fp32")
     return torch.channels_last if channels_last else torch.contiguous_format

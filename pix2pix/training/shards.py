@@ -150,6 +150,7 @@ class TrainingPairs:
             tables = [reader.submit(read_shard, self.filesystem, self.shards.files[index]) for index, _ in slices[:1]]
             for position, (_, rows) in enumerate(slices):
                 table = tables[position].result()
+                check_rows(table, self.shards, slices[position][0])
                 if position + 1 < len(slices):
                     following = self.shards.files[slices[position + 1][0]]
                     tables.append(reader.submit(read_shard, self.filesystem, following))
@@ -164,6 +165,14 @@ class TrainingPairs:
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
         return {name: t.pin_memory() for name, t in tensors.items()} if self.pin_memory else tensors
+
+
+def check_rows(table: pa.Table, shards: Shards, index: int) -> None:
+    """A shard read in an epoch holds the rows it held when the job listed it (the workers' slices
+    are cut from those counts): else the dataset changed under the run."""
+    if table.num_rows != shards.rows[index]:
+        raise DatasetError(f"{shards.files[index]} holds {table.num_rows} pairs, {shards.rows[index]} when the job "
+                           "started: the dataset changed under the run; prepare it to a new folder and train again")
 
 
 def records_where(data_uri: str, shards: Shards, keep: Callable[[str], bool]) -> Iterator[dict]:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from pix2pix.errors import ConfigError
+from pix2pix.hashing import stable_seed
 from pix2pix.images import image_grid
 from pix2pix.model.export import ExportInfo
 from pix2pix.model.inference import memory_format, model_inputs, run_generator
@@ -301,6 +302,12 @@ class Pix2Pix:
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr * factor
 
+    def seed_epoch(self, rank: int = 0) -> None:
+        """Seed the epoch's randomness (the generator's dropout masks) by (seed, rank, epoch): each
+        worker draws masks of its own, and a run resumed at epoch e draws the masks an uninterrupted
+        run draws there. Called by the loop before the epoch's first step."""
+        torch.manual_seed(stable_seed(f"dropout/{self.config.seed}/{rank}/{self.epoch}"))
+
     def end_epoch(self) -> None:
         self.epoch += 1
 
@@ -361,14 +368,26 @@ class Pix2Pix:
                                  "the run's own --recipe (or --ngf/--ndf/--upsample), or use another --name")
         self.generator.load_state_dict(state["generator"])
         self.discriminator.load_state_dict(state["discriminator"])
-        self.optimizer_g.load_state_dict(state["optimizer_g"])
-        self.optimizer_d.load_state_dict(state["optimizer_d"])
+        for optimizer, name in ((self.optimizer_g, "optimizer_g"), (self.optimizer_d, "optimizer_d")):
+            optimizer.load_state_dict(state[name])
+            match_parameter_layouts(optimizer)
         load_scaler_state(self.scaler_g, state["scaler_g"])
         load_scaler_state(self.scaler_d, state["scaler_d"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         if self.generator_average is not None and "generator_average" in state:
             self.generator_average.load_state_dict(state["generator_average"])
         # else (the average switched on at a resume): it starts from the restored weights
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (Adam's moments) its parameter's strides, values
+    unchanged. load_state_dict keeps the layout the state was saved in: a run saved NCHW (fp32 on
+    a CPU) and resumed channels_last (bf16, a GPU, --channels-last), or back, would hold them in
+    different layouts, which fused Adam on CUDA refuses on every attempt."""
+    for parameter, state in optimizer.state.items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.shape == parameter.shape and value.stride() != parameter.stride():
+                state[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
