@@ -6,7 +6,7 @@ that could never be placed. The fix is that training needs no Ray resource beyon
 bundles: no data stage exists at all (pix2pix/distributed/train.py says why). So here the
 training data is one large shard, validation runs every epoch, and the workers take every CPU
 there is (one worker: nothing is left for any other task, the hang's precondition) or share
-them (two fractional workers); the run must finish, and no Ray Data actor may ever have existed.
+them (two fractional workers); each run must finish, and no Ray Data actor may ever have existed.
 (At this scale the old design's read task finished before validation and did not hang, so this
 test checks the invariant that makes the hang impossible, not the hang itself.)
 """
@@ -22,13 +22,13 @@ import pytest
 from tests.conftest import REPO
 from tests.test_train_job import write_pairs
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 DATA_STAGES = {"SplitCoordinator", "_StatsActor"}  # what a Ray Data stream starts
 
 
 @pytest.fixture(scope="module")
-def one_large_shard(tmp_path_factory) -> str:
+def one_large_shard(ray_session, tmp_path_factory) -> str:
     from pix2pix.distributed.prepare import prepare
 
     root = tmp_path_factory.mktemp("deadlock")
@@ -37,14 +37,24 @@ def one_large_shard(tmp_path_factory) -> str:
     return str(root / "data")
 
 
-@pytest.mark.parametrize("workers,cpus_per_worker", [(1, "auto"), (2, "0.5")])
-def test_validation_every_epoch_never_waits_for_the_training_data(ray_session, one_large_shard, tmp_path,
-                                                                   workers, cpus_per_worker):
+LAYOUTS = {"1:auto": 1, "2:0.5": 2}  # WORKERS:CPUS_PER_WORKER -> workers
+
+
+@pytest.fixture(scope="module")
+def runs_in_an_instance_of_their_own(one_large_shard, tmp_path_factory) -> dict[str, dict]:
+    """Both layouts' runs, one after the other in one Ray instance of their own (a subprocess
+    with a timeout: a hang fails the tests, it never blocks the session). Layout -> its run."""
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.isolated_training", one_large_shard, str(tmp_path / "runs"),
-         str(workers), cpus_per_worker, "64", "8"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "tests.isolated_training", one_large_shard, str(tmp_path_factory.mktemp("runs")),
+         "64", "8", *LAYOUTS], cwd=REPO, capture_output=True, text=True, timeout=540)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    run = json.loads(completed.stdout.strip().splitlines()[-1])
+    runs = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+    return {run["layout"]: run for run in runs}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_validation_every_epoch_never_waits_for_the_training_data(runs_in_an_instance_of_their_own, layout):
+    run, workers = runs_in_an_instance_of_their_own[layout], LAYOUTS[layout]
     assert run["error"] is None
     if workers == 1:  # the precondition of the hang: no CPU left beside the workers
         assert run["cpus_per_worker"] == 2.0 and run["min_free_cpu"] == 0.0
