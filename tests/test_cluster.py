@@ -641,23 +641,40 @@ def test_one_worker_per_gpu_by_default(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 64.0, "GPU": 8.0})
-    plan = train.plan_train_resources(None, None, None, None, nodes=[64.0])
-    assert plan.use_gpu and plan.num_workers == 8 and (plan.cpus_per_worker, plan.threads) == (1.0, 1)
-    assert train.plan_train_resources(2, None, None, None, nodes=[64.0]).num_workers == 2  # --num-workers wins
+    plan = train.plan_train_resources(None, None, None, None, nodes=[{"CPU": 64.0, "GPU": 8.0}])
+    assert plan.use_gpu and plan.num_workers == 8 and plan.threads == 1
+    assert train.plan_train_resources(2, None, None, None, nodes=[{"CPU": 64.0, "GPU": 8.0}]).num_workers == 2
+
+
+def test_gpu_workers_reserve_their_share_of_the_nodes_cpus_and_decode_with_it(monkeypatch):
+    from pix2pix.distributed import train
+
+    fake_cluster(monkeypatch, {"CPU": 72.0, "GPU": 9.0})
+    # 64 CPUs for 8 GPUs: 7 each (one CPU of the node left to Ray), 6 decode threads beside the step
+    plan = train.plan_train_resources(None, None, None, None, nodes=[{"CPU": 64.0, "GPU": 8.0}])
+    assert (plan.cpus_per_worker, plan.threads, plan.decode_workers) == (7.0, 1, 6)
+    # a worker fits on the GPU node with the fewest CPUs per GPU; CPU-only nodes and the head do not count
+    nodes = [{"CPU": 64.0, "GPU": 8.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 96.0}, {"CPU": 0.0}]
+    assert train.plan_train_resources(None, True, None, None, nodes=nodes).cpus_per_worker == 3.0
+    assert train.plan_train_resources(None, True, None, None, nodes=[{"CPU": 2.0, "GPU": 2.0}]).cpus_per_worker == 1.0
+    plan = train.plan_train_resources(None, True, 4.0, None, nodes=[{"CPU": 64.0, "GPU": 8.0}])
+    assert (plan.cpus_per_worker, plan.decode_workers) == (4.0, 3)  # --cpus-per-worker wins
+    assert train.plan_train_resources(None, True, 4.0, 4, nodes=[]).decode_workers == 1  # at least one
 
 
 def test_cpu_workers_share_the_nodes_and_fit_them(monkeypatch):
     from pix2pix.distributed import train
 
     fake_cluster(monkeypatch, {"CPU": 2.0})  # CPU-only: auto-detection trains on CPUs
-    plan = train.plan_train_resources(1, None, None, None, nodes=[2.0])
+    plan = train.plan_train_resources(1, None, None, None, nodes=[{"CPU": 2.0}])
     assert not plan.use_gpu and (plan.cpus_per_worker, plan.threads) == (2.0, 2)  # no CPU kept for data tasks
-    assert train.plan_train_resources(3, None, None, None, nodes=[2.0]).cpus_per_worker == 0.66
+    assert plan.decode_workers == 1  # the torch threads take the CPUs: one decode thread, as before
+    assert train.plan_train_resources(3, None, None, None, nodes=[{"CPU": 2.0}]).cpus_per_worker == 0.66
     # 4 workers on 3 nodes of 8: two per node at most, so each fits with 4 CPUs
-    plan = train.plan_train_resources(4, None, None, None, nodes=[8.0, 8.0, 8.0])
+    plan = train.plan_train_resources(4, None, None, None, nodes=[{"CPU": 8.0}] * 3 + [{"CPU": 0.0}])
     assert (plan.cpus_per_worker, plan.threads) == (4.0, 4)
     assert train.plan_train_resources(2, None, None, None, nodes=[]).cpus_per_worker == 1.0  # nodes still to come
-    assert train.plan_train_resources(2, False, 0.5, 3, nodes=[2.0]) == train.TrainResources(2, False, 0.5, 3)
+    assert train.plan_train_resources(2, False, 0.5, 3, nodes=[{"CPU": 2.0}]) == train.TrainResources(2, False, 0.5, 3)
 
 
 def test_translate_places_generators_on_gpus_and_runs_on_cpus_alone(monkeypatch):
@@ -726,10 +743,14 @@ def test_every_job_request_launches_the_node_type_meant_for_it(monkeypatch):
         [cpu_type] = [name for name, spec in workers.items() if not spec["resources"].get("GPU")]
         node_cpus = workers[cpu_type]["resources"]["CPU"]
         gpu_asks = [train.worker_bundle(train.plan_train_resources(None, True, None, None, nodes=[])),
+                    # after the GPU node came up: its GPU's share of its CPUs
+                    train.worker_bundle(train.plan_train_resources(None, True, None, None,
+                                                                   nodes=[workers[gpu_type]["resources"]])),
                     {"CPU": generator.actor_cpus, "GPU": 1.0}]
         cpu_asks = [train.worker_bundle(train.plan_train_resources(None, False, None, None, nodes=[])),  # before nodes
                     # after nodes:
-                    train.worker_bundle(train.plan_train_resources(None, False, None, None, nodes=[node_cpus])),
+                    train.worker_bundle(train.plan_train_resources(None, False, None, None,
+                                                                   nodes=[{"CPU": node_cpus}])),
                     {"CPU": IO_CPUS}]
         for bundle in gpu_asks:
             assert launches_for(types, head, bundle) == ({gpu_type: 1}, []), (label, bundle)

@@ -27,6 +27,9 @@ from pix2pix.model.export import CheckpointError, check_architecture
 from pix2pix.training.shards import DatasetError, batches_per_epoch, find_shards
 from pix2pix.training.step import TrainConfig
 
+# CPUs of a GPU node left out of its workers' bundles: Ray's own processes, the shard reads.
+CPUS_LEFT_FOR_RAY = 1.0
+
 
 @dataclass
 class TrainResources:
@@ -35,34 +38,47 @@ class TrainResources:
     cpus_per_worker: float
     threads: int
 
-
-def node_cpus() -> list[float]:
-    """CPUs of each alive node that has any (a head started with --num-cpus 0 has none)."""
-    return [node["CPU"] for node in capacity.alive_nodes() if node.get("CPU", 0) > 0]
+    @property
+    def decode_workers(self) -> int:
+        """Threads decoding a worker's input: the whole CPUs of its bundle beyond its torch threads,
+        at least one (on CPUs the torch threads take them all: the step costs ~60x the decoding)."""
+        return max(1, int(self.cpus_per_worker) - self.threads)
 
 
 def plan_train_resources(num_workers: int | None, gpu: bool | None, cpus_per_worker: float | None,
-                   threads: int | None, nodes: list[float] | None = None) -> TrainResources:
-    """Workers' bundles that fit the nodes. Training needs nothing else (see the module's
-    docstring), so on CPUs the workers share every CPU: spread over the nodes, each worker gets
-    an equal part of the smallest node. On an autoscaling cluster with no worker node yet, and on
-    GPUs, a worker asks for one CPU (plus its GPU). ``num_workers`` None: one per GPU of the
-    cluster (at least one), one on CPUs."""
-    nodes = node_cpus() if nodes is None else nodes
+                         threads: int | None, nodes: list[dict[str, float]] | None = None) -> TrainResources:
+    """Workers' bundles that fit the nodes (``nodes``: the alive nodes' resources). Training
+    needs nothing else (see the module's docstring), so the workers share the CPUs: on CPUs,
+    spread over the nodes, each worker gets an equal part of the smallest node; on GPUs each
+    worker gets its GPU's share of its node's CPUs (less CPUS_LEFT_FOR_RAY), to decode its
+    input with. On an autoscaling cluster with no such node yet, a worker asks for one CPU
+    (plus its GPU). ``num_workers`` None: one per GPU of the cluster (at least one), one on CPUs."""
+    nodes = capacity.alive_nodes() if nodes is None else nodes
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = gpus > 0 if gpu is None else gpu
     if num_workers is None:
         num_workers = max(1, gpus) if use_gpu else 1
     if cpus_per_worker is None:
-        if use_gpu or not nodes:
-            cpus_per_worker = 1.0
-        else:
-            per_node = math.ceil(num_workers / len(nodes))
-            share = min(nodes) / per_node
-            cpus_per_worker = float(math.floor(share)) if share >= 1 else math.floor(share * 100) / 100
+        cpus_per_worker = gpu_worker_cpus(nodes) if use_gpu else cpu_worker_cpus(num_workers, nodes)
     if threads is None:
         threads = 1 if use_gpu else max(1, int(cpus_per_worker))
     return TrainResources(num_workers, use_gpu, cpus_per_worker, threads)
+
+
+def cpu_worker_cpus(num_workers: int, nodes: list[dict[str, float]]) -> float:
+    """An equal part of the smallest node with CPUs (a head started with --num-cpus 0 has none)."""
+    cpus = [node["CPU"] for node in nodes if node.get("CPU", 0) > 0]
+    if not cpus:
+        return 1.0
+    share = min(cpus) / math.ceil(num_workers / len(cpus))
+    return float(math.floor(share)) if share >= 1 else math.floor(share * 100) / 100
+
+
+def gpu_worker_cpus(nodes: list[dict[str, float]]) -> float:
+    """Each GPU's whole share of its node's CPUs, less CPUS_LEFT_FOR_RAY, on the GPU node with the
+    fewest per GPU (so that a worker fits on any of them); at least one."""
+    shares = [(node.get("CPU", 0.0) - CPUS_LEFT_FOR_RAY) / node["GPU"] for node in nodes if node.get("GPU", 0) > 0]
+    return float(max(1, math.floor(min(shares)))) if shares else 1.0
 
 
 def worker_bundle(resources: TrainResources) -> dict[str, float]:
@@ -139,7 +155,8 @@ def fit(config: JobConfig, resources: TrainResources, storage_uri: str, name: st
     if batches_per_epoch(train_shards.total_rows, resources.num_workers, config.train.batch_size) == 0:
         raise DatasetError(f"{train_shards.total_rows} training pairs make no full batch per worker "
                            f"({resources.num_workers} workers x --batch-size {config.train.batch_size})")
-    config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards)
+    config = replace(config, run_uri=location.join(name).uri, train_shards=train_shards, val_shards=val_shards,
+                     decode_workers=resources.decode_workers)
     if isinstance(location.filesystem, pafs.LocalFileSystem):
         os.makedirs(location.path, exist_ok=True)
     trainer = Trainer(

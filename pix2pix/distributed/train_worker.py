@@ -1,9 +1,10 @@
 """The training loop each Ray Train worker runs, top to bottom: restore, then per epoch train,
 checkpoint, validate, report.
 
-Each worker reads its own part of every epoch from the prepared shards and decodes it in a
-background thread of its own process (pix2pix/training/shards.py); validation reads the val
-split the same way, each pair on exactly one worker (chosen by a hash of its key), and the
+Each worker reads its own part of every epoch from the prepared shards and decodes it in
+background threads of its own process, one per CPU its bundle holds beside the step
+(pix2pix/training/shards.py); validation reads the val split the same way, each pair on exactly
+one worker (chosen by a hash of its key), and the
 metric sums are all-reduced, so the result covers the whole split once. The schedule (the
 paper's epochs or a user's budget, pix2pix/training/schedule.py) sets the lr and ends the run.
 """
@@ -64,6 +65,7 @@ class JobConfig:
     val_shards: Shards | None = None
     direction: str = "AtoB"
     threads: int = 1
+    decode_workers: int = 1  # threads decoding the training pairs; fit() sets it from the workers' CPUs
     checkpoint_every: int = 1
     validate_every: int = 1
     palette: dict | None = None
@@ -87,7 +89,8 @@ def train_loop_per_worker(job: dict) -> None:
     resumed_from_epoch = model.epoch
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
                           config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
-                          crop_size=config.train.crop_size, flips=config.train.flips)
+                          crop_size=config.train.crop_size, flips=config.train.flips,
+                          decode_workers=config.decode_workers)
     pairs_per_step = config.train.batch_size * world_size
     schedule = job_schedule(config, restored, pairs_per_step)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None

@@ -8,6 +8,8 @@ re-encoded; pairs are split and decoded when they are read.
 from __future__ import annotations
 
 import os
+import random
+import threading
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
 
@@ -15,6 +17,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pix2pix.hashing import stable_seed  # noqa: E402
 from pix2pix.training.pairs import decode_pair  # noqa: E402
 
 
@@ -54,21 +57,56 @@ def augment_pair(transform: A.Compose, source: np.ndarray, target: np.ndarray):
     return result["image"], result["target"]
 
 
+def pair_seed(seed: int, epoch: int, key: str) -> int:
+    """The seed of one pair's augmentation in one epoch of a run."""
+    return stable_seed(f"{seed}/{epoch}/{key}")
+
+
+def seed_transform(transform: A.Compose, seed: int) -> None:
+    """Seed every step of ``transform`` from one stream. (``Compose.set_random_seed`` gives each
+    step a generator of its own with the same seed: their first draws are equal, and the flip
+    would follow the crop's position.)"""
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+class EpochAugmentation:
+    """Decodes and augments one epoch's shard rows, each pair with its own seed (``pair_seed``):
+    a pair's crop and flip depend on (run seed, epoch, key) alone, never on which thread or
+    process decoded it, nor after which pairs. Safe to call from several threads at once."""
+
+    def __init__(self, image_size: int, seed: int, epoch: int, crop_size: int | None = None,
+                 flips: str = "horizontal"):
+        self.image_size, self.seed, self.epoch, self.crop_size, self.flips = image_size, seed, epoch, crop_size, flips
+        self._local = threading.local()  # one transform per thread: seeding one is a change of its state
+
+    def __call__(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+        """A shard row -> (source, target), uint8 CHW."""
+        transform = self._transform()
+        seed_transform(transform, pair_seed(self.seed, self.epoch, record["key"]))
+        source, target = augment_pair(transform, *decode_pair(record))
+        return source.transpose(2, 0, 1), target.transpose(2, 0, 1)
+
+    def _transform(self) -> A.Compose:
+        if not hasattr(self._local, "transform"):
+            self._local.transform = paired_transform(self.image_size, train=True, crop_size=self.crop_size,
+                                                     flips=self.flips)
+        return self._local.transform
+
+
+def stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """(source, target) CHW pairs -> {"source", "target"} uint8 NCHW arrays."""
+    return {"source": np.ascontiguousarray(np.stack([source for source, _ in pairs])),
+            "target": np.ascontiguousarray(np.stack([target for _, target in pairs]))}
+
+
 def preprocess_records(records: list[dict], transform: A.Compose) -> dict[str, np.ndarray]:
     """Shard rows -> {"key", "source", "target"} with uint8 NCHW arrays, ready for the model.
 
     uint8 keeps the batches 4x smaller in transit; scaling to [-1, 1] happens on the device
     (see ``ranges.to_model_range``).
     """
-    sources, targets = [], []
-    for record in records:
-        source, target = augment_pair(transform, *decode_pair(record))
-        sources.append(source.transpose(2, 0, 1))
-        targets.append(target.transpose(2, 0, 1))
-    return {
-        "key": np.array([record["key"] for record in records], dtype=object),
-        "source": np.ascontiguousarray(np.stack(sources)),
-        "target": np.ascontiguousarray(np.stack(targets)),
-    }
+    pairs = [augment_pair(transform, *decode_pair(record)) for record in records]
+    return {"key": np.array([record["key"] for record in records], dtype=object),
+            **stack_pairs([(source.transpose(2, 0, 1), target.transpose(2, 0, 1)) for source, target in pairs])}
 
 

@@ -1,24 +1,30 @@
 """Prepared Parquet shards, read and decoded inside the process that trains on them.
 
 Each training worker reads its own part of every epoch straight from storage and decodes it
-in a background thread. Decoding and augmenting a 256 px pair costs ~3 ms of CPU against
-~190 ms for a training step of the compact recipe on 2 cores, so it needs no processes of its
-own; and a worker that needs no other process for its data can never wait for a CPU that
-another stage holds (see pix2pix/distributed/train.py).
+in background threads of its own process: ``decode_workers`` threads (the CPUs its reservation
+leaves beside the training step, see pix2pix/distributed/train.py), one on a CPU worker, whose
+torch threads take its CPUs. Threads rather than processes: Pillow's decoders and OpenCV's
+resize release the GIL, and a process pool's copies of every pair cost more CPU than the GIL
+does (bench/ceiling_training.py). A worker that needs no other process for its data can never
+wait for a CPU that another stage holds (see pix2pix/distributed/train.py).
 
 An epoch is the train split in a shard order fixed by (seed, epoch), each shard's rows in an
 order fixed by (seed, epoch, shard), cut into one contiguous slice per worker of exactly
-``batches_per_epoch * batch_size`` rows, so every worker takes the same number of steps. Epoch
-numbers are absolute: a resumed run reads epoch 5 as an uninterrupted run would.
+``batches_per_epoch * batch_size`` rows, so every worker takes the same number of steps. Each
+pair's crop and flip are seeded by (seed, epoch, key), so the batches are the same whatever the
+number of decode threads. Epoch numbers are absolute: a resumed run reads epoch 5 as an
+uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +35,7 @@ import torch
 from pix2pix import storage
 from pix2pix.errors import JobError
 from pix2pix.hashing import stable_hash
-from pix2pix.training.augmentation import paired_transform, preprocess_records
+from pix2pix.training.augmentation import EpochAugmentation, paired_transform, preprocess_records, stack_pairs
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([
@@ -125,28 +131,33 @@ def read_shard(filesystem, path: str) -> pa.Table:
 
 class TrainingPairs:
     """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors
-    (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work)."""
+    (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work), decoded
+    by ``decode_workers`` threads; the batches are the same for any number of them."""
 
     def __init__(self, data_uri: str, shards: Shards, image_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False, crop_size: int | None = None,
-                 flips: str = "horizontal"):
+                 flips: str = "horizontal", decode_workers: int = 1):
         self.filesystem = storage.resolve(data_uri).filesystem
         self.shards, self.image_size, self.batch_size, self.seed = shards, image_size, batch_size, seed
         self.crop_size, self.flips = crop_size, flips
-        self.rank, self.pin_memory = rank, pin_memory
+        self.rank, self.pin_memory, self.decode_workers = rank, pin_memory, decode_workers
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The epoch's batches, decoded ahead in a background thread."""
+        """The epoch's batches, decoded ahead in background threads."""
         return prefetched(lambda: self._decode_epoch(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        augment_seed = key_hash(f"{self.seed}/{epoch}/{self.rank}")
-        transform = paired_transform(self.image_size, train=True, seed=augment_seed, crop_size=self.crop_size,
-                                     flips=self.flips)
+        augment = EpochAugmentation(self.image_size, self.seed, epoch, self.crop_size, self.flips)
+        ahead = max(PREFETCH_PAIRS, 4 * self.decode_workers)
+        pairs = ordered_map(augment, self.records(epoch), self.decode_workers, ahead)
+        for batch in in_batches(pairs, self.batch_size):
+            yield self._tensors(stack_pairs(batch))
+
+    def records(self, epoch: int) -> Iterator[dict]:
+        """This worker's rows of ``epoch`` in reading order; the next shard is read while this one decodes."""
         slices = epoch_slices(self.shards, self.seed, epoch, self.rank, self.batches * self.batch_size)
-        pending: list[dict] = []
-        with ThreadPoolExecutor(max_workers=1) as reader:  # the next shard is read while this one decodes
+        with ThreadPoolExecutor(max_workers=1) as reader:
             tables = [reader.submit(read_shard, self.filesystem, self.shards.files[index]) for index, _ in slices[:1]]
             for position, (_, rows) in enumerate(slices):
                 table = tables[position].result()
@@ -156,15 +167,40 @@ class TrainingPairs:
                     tables.append(reader.submit(read_shard, self.filesystem, following))
                 records = table.take(pa.array(rows)).to_pylist()
                 tables[position] = None  # let the table go
-                for record in records:
-                    pending.append(record)
-                    if len(pending) == self.batch_size:
-                        yield self._tensors(preprocess_records(pending, transform))
-                        pending = []
+                yield from records
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
         return {name: t.pin_memory() for name, t in tensors.items()} if self.pin_memory else tensors
+
+
+def ordered_map(function: Callable, items: Iterable, workers: int, ahead: int) -> Iterator:
+    """``function(item)`` for each item, in the items' order: in the caller's thread with one
+    worker, else by ``workers`` threads, at most ``ahead`` items ahead of the consumer."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pix2pix-decode")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_batches(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` items; a short last one is dropped (every worker takes whole batches)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
 
 
 def check_rows(table: pa.Table, shards: Shards, index: int) -> None:
@@ -218,9 +254,10 @@ def prefetched(produce: Callable[[], Iterator], depth: int) -> Iterator:
 
     def run() -> None:
         try:
-            for item in produce():
-                if not offer(item):
-                    return
+            with contextlib.closing(produce()) as produced:  # closed at once when the consumer stops
+                for item in produced:
+                    if not offer(item):
+                        return
             offer(_DONE)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, who raises it
             offer(error)
