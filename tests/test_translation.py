@@ -13,8 +13,9 @@ from pix2pix.images import BadImage
 from pix2pix.model.networks import GeneratorConfig, UNetGenerator
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.plan import (
+    SHARD_COLUMNS,
+    ManifestBlockShard,
     PlanSettings,
-    Shard,
     bbox_shards,
     discover_shards,
     manifest_context_shards,
@@ -126,6 +127,16 @@ def _units(shards, tmp_path, settings):
     return units
 
 
+def test_columns_are_listed_a_group_at_a_time_in_grid_order(tmp_path):
+    count = SHARD_COLUMNS + 5
+    for x in range(count):
+        _touch(tmp_path / "in", f"7/{x}/0.jpg")
+    shards = discover_shards(storage.resolve(str(tmp_path / "in")), PlanSettings())
+    assert [len(shard.dirs) for shard in shards] == [SHARD_COLUMNS, 5]
+    assert [d for shard in shards for d in shard.dirs] == [f"7/{x}" for x in range(count)]  # x order, not "10" < "2"
+    assert len(_units(shards, tmp_path, PlanSettings())) == count
+
+
 def test_discovery_shards_columns_and_loose_files_and_skips_done(tmp_path):
     for x in range(3):
         for y in range(2):
@@ -135,7 +146,8 @@ def test_discovery_shards_columns_and_loose_files_and_skips_done(tmp_path):
     _touch(tmp_path / "out", "5/0/0.png")
     settings = PlanSettings()
     shards = discover_shards(storage.resolve(str(tmp_path / "in")), settings)
-    assert sorted(s.dirs[0] for s in shards) == ["", "5/0", "5/1", "5/2", "a/b/c"]
+    # One shard lists the loose files, one the deep tree, one every column (up to SHARD_COLUMNS).
+    assert sorted(s.dirs for s in shards) == [[""], ["5/0", "5/1", "5/2"], ["a/b/c"]]
     units = _units(shards, tmp_path, settings)
     planned = sorted(u.key for u in units if u.tiles)
     assert planned == sorted(["loose.jpg", "a/b/c/d/deep.jpg"] + [f"5/{x}/{y}.jpg" for x in range(3) for y in range(2)
@@ -154,7 +166,7 @@ def test_bbox_lists_only_the_columns_it_crosses(tmp_path):
         for y in range(ys[0] - 1, ys[-1] + 2):
             _touch(tmp_path / "in", f"14/{x}/{y}.jpg")
     shards = bbox_shards(storage.resolve(str(tmp_path / "in")), (-34.95, -8.10, -34.90, -8.05), 14, PlanSettings())
-    assert len(shards) == len(xs)
+    assert [d for shard in shards for d in shard.dirs] == [f"14/{x}" for x in xs]
     keys = sorted(u.key for u in _units(shards, tmp_path, PlanSettings()))
     assert keys == sorted(f"14/{t.x}/{t.y}.jpg" for t in tiles)
 
@@ -170,7 +182,7 @@ def test_context_blocks_are_grid_aligned_and_read_at_most_1_6x():
     assert len(units) == 16
     assert all(u.columns == u.rows == 8 for u in units)
     read = sum(len(u.tiles) for u in units)
-    written = sum(t["write"] for u in units for t in u.tiles)
+    written = sum(t.write for u in units for t in u.tiles)
     assert written == len(keys)
     assert read / written <= 1.6
 
@@ -183,9 +195,9 @@ def test_context_blocks_do_not_depend_on_what_is_selected_or_done():
     for unit in (u for u in half if u.tiles):
         reference = full[unit.unit]
         assert (unit.columns, unit.rows) == (reference.columns, reference.rows)
-        assert {(t["key"], t["col"], t["row"]) for t in unit.tiles} == \
-            {(t["key"], t["col"], t["row"]) for t in reference.tiles}
-    assert sum(t["write"] for u in half for t in u.tiles) == 36
+        assert {(t.key, t.col, t.row) for t in unit.tiles} == \
+            {(t.key, t.col, t.row) for t in reference.tiles}
+    assert sum(t.write for u in half for t in u.tiles) == 36
     assert sum(u.skipped for u in half) == 1
 
 
@@ -194,12 +206,12 @@ def test_manifest_with_context_groups_keys_by_block_column_and_keeps_bad_keys():
     column_shards = [s for s in shards if s.dirs]
     assert [s.core for s in column_shards] == [[f"9/{x}" for x in range(0, 8)], [f"9/{x}" for x in range(8, 16)]]
     assert column_shards[0].dirs == [f"9/{x}" for x in range(0, 9)]  # the core and the column to the right
-    assert sorted(k for s in shards if not s.dirs for k in s.wanted) == ["../9/1/1.jpg", "photo.jpg"]
+    assert sorted(k for s in shards if not s.dirs for k in s.keys) == ["../9/1/1.jpg", "photo.jpg"]
 
 
 def test_bad_keys_in_a_shard_become_failures(tmp_path):
     (tmp_path / "in").mkdir()
-    shard = Shard(dirs=[], core=[], wanted=["ok.jpg", "../escape.jpg", "/abs.jpg"])
+    shard = ManifestBlockShard(dirs=[], core=[], keys=["ok.jpg", "../escape.jpg", "/abs.jpg"])
     units = _units([shard], tmp_path, PlanSettings())
     reasons = {u.key: u.reason for u in units}
     assert reasons["ok.jpg"] is None

@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -28,19 +29,15 @@ from ray.data import ExecutionResources
 
 from pix2pix import checkpoint, storage
 from pix2pix.distributed import capacity
+from pix2pix.distributed.translate_planning import plan_shards
 from pix2pix.distributed.translate_progress import TranslateProgress
-from pix2pix.distributed.translate_stages import (
-    UNIT_SCHEMA,
-    GeneratorStage,
-    ReadStage,
-    WriteStage,
-    plan_shards,
-)
+from pix2pix.distributed.translate_stages import GeneratorStage, ReadStage, WriteStage
 from pix2pix.errors import JobError
 from pix2pix.model.networks import MAX_IMAGE_SIZE, check_image_size
 from pix2pix.model.precision import inference_precision
 from pix2pix.palette_files import output_palette
 from pix2pix.tiles.plan import (
+    ManifestShard,
     PlanSettings,
     Shard,
     bbox_shards,
@@ -50,11 +47,21 @@ from pix2pix.tiles.plan import (
     read_manifest_part,
 )
 from pix2pix.tiles.preview import PreviewSamples, write_preview
+from pix2pix.tiles.rows import UNIT_SCHEMA
 from pix2pix.tiles.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
 from pix2pix.tiles.translation import BLOCK_TILES, context_margin, default_micro_batch
 
 FAILURES_DIR = "_failures"
 IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
+# Per planning task. Planning is listing, mostly waiting on storage; a reservation other than
+# the read actors' also keeps Ray Data from fusing the two, which planned each shard only when a
+# read actor came to it: the run's total was known near its end.
+PLAN_CPUS = 0.25
+# Tiles per block between the stages, whatever the generator's call: each block costs every
+# stage a task, a round trip through the object store and the driver's bookkeeping (~10 ms of
+# CPU in all), which at 8 tiles a block was most of the CPU the pipeline spent around the model
+# (bench/README.md, GPU ceiling). 64 tiles are ~12 MB of canvases.
+BLOCK_UNITS = 64
 MIN_QUEUED_BYTES = 256 * 2**20
 
 FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
@@ -190,7 +197,7 @@ class Outcome:
 
 
 def translate(options: TranslateOptions, run: Run | None = None) -> dict:
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     run = run or check_run(options)
     # What was written before now is done; what this run writes never changes its own plan.
     run = dataclasses.replace(run, settings=dataclasses.replace(run.settings, written_before_ns=time.time_ns()))
@@ -206,7 +213,9 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
         tiles_json, template = None, None
     if options.preview:
         write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
-    return summarise(options, run, pipeline, outcome, started, tiles_json, template)
+    planned_at = pipeline.progress.planned_at
+    planning_s = round(planned_at - started_wall, 2) if planned_at else None
+    return summarise(options, run, pipeline, outcome, started, tiles_json, template) | {"planning_s": planning_s}
 
 
 def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
@@ -219,6 +228,8 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     batch_size = options.batch_size or (64 if resources.device == "cuda" else 8)
     # Whole micro-batches per call: a partial one is padded, which costs time, never bytes.
     units_per_call = 1 if run.margin else -(-batch_size // micro_batch) * micro_batch
+    # A context block is already BLOCK_TILES^2 tiles.
+    units_per_block = 1 if run.margin else max(BLOCK_UNITS, units_per_call)
     canvas_bytes = 3 * (run.image_size * (BLOCK_TILES if run.margin else 1) + 2 * run.margin) ** 2
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=resources.io_actors)
 
@@ -232,12 +243,12 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(
-        object_store_memory=max(MIN_QUEUED_BYTES, 16 * resources.max_actors * units_per_call * canvas_bytes))
-    # One block per batch: by default a task's outputs are merged into blocks of up to 128 MiB,
-    # so a whole shard of decoded tiles would travel (and wait) as one block.
-    units.context.target_max_block_size = units_per_call * canvas_bytes
+        object_store_memory=max(MIN_QUEUED_BYTES, 4 * resources.max_actors * units_per_block * canvas_bytes))
+    # By default a task's outputs are merged into blocks of up to 128 MiB, so a whole shard of
+    # decoded tiles would travel (and wait) as one block.
+    units.context.target_max_block_size = units_per_block * canvas_bytes
     statuses = (
-        units.map_batches(ReadStage, batch_size=units_per_call, batch_format="pyarrow", num_cpus=IO_CPUS,
+        units.map_batches(ReadStage, batch_size=units_per_block, batch_format="pyarrow", num_cpus=IO_CPUS,
                           compute=io_pool, fn_constructor_kwargs={
                               "input_root": run.input_root, "image_size": run.image_size, "on_size": options.on_size})
         .map_batches(
@@ -251,7 +262,7 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
             compute=ray.data.ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
             num_cpus=resources.actor_cpus, num_gpus=1 if resources.device == "cuda" else 0,
         )
-        .map_batches(WriteStage, batch_size=units_per_call, batch_format="pyarrow", num_cpus=IO_CPUS,
+        .map_batches(WriteStage, batch_size=units_per_block, batch_format="pyarrow", num_cpus=IO_CPUS,
                      compute=io_pool, fn_constructor_kwargs={
                          "output": run.output, "image_format": options.image_format, "image_size": run.image_size,
                          "palette": run.palette})
@@ -335,7 +346,7 @@ def _check_writable(output: storage.Location, uri: str) -> None:
 def _shards(options, run: Run) -> list[Shard]:
     settings = run.settings
     if run.manifest_parts and settings.margin == 0:
-        return [Shard(dirs=[], core=[], manifest=part) for part in run.manifest_parts]
+        return [ManifestShard(part) for part in run.manifest_parts]
     if run.manifest_parts:
         keys = (key for part in run.manifest_parts for key in read_manifest_part(run.manifest.filesystem, *part))
         return manifest_context_shards(keys, settings)
@@ -347,24 +358,23 @@ def _shards(options, run: Run) -> list[Shard]:
 def _planned_units(shards: list[Shard], run: Run, tally) -> ray.data.Dataset:
     if not shards:
         return ray.data.from_arrow(UNIT_SCHEMA.empty_table())
-    rows = [{**shard.to_row(), "index": index} for index, shard in enumerate(shards)]
+    rows = [{"index": index, "shard": shard} for index, shard in enumerate(shards)]
     return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        plan_shards, batch_size=1, batch_format="pyarrow", num_cpus=IO_CPUS,
+        plan_shards, batch_size=1, batch_format="numpy", num_cpus=PLAN_CPUS,
         fn_kwargs={"input_root": run.input_root, "output": run.output, "settings": run.settings,
                    "manifest": run.manifest, "tally": tally})
 
 
 def _tally(batch: pa.Table, counts, failures: FailureLog, samples: PreviewSamples) -> None:
-    for row in batch.to_pylist():
-        if row["status"] == "read":
-            counts["bytes_read"] += row["bytes_read"]
-            counts["tile_bytes"] += row["tile_bytes"]
-            continue
-        counts[row["status"]] += row["count"]
-        if row["status"] == "failed":
-            failures.add(row["key"], row["reason"])
+    for name in ("bytes_read", "tile_bytes"):
+        counts[name] += pc.sum(batch.column(name)).as_py() or 0
+    for key, status, reason, count in zip(*(batch.column(name).to_pylist()
+                                            for name in ("key", "status", "reason", "count"))):
+        counts[status] += count
+        if status == "failed":
+            failures.add(key, reason)
         else:
-            samples.offer(row["key"])
+            samples.offer(key)
     failures.flush()
 
 

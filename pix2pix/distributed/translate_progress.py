@@ -18,16 +18,21 @@ PROGRESS_SECONDS = 10.0
 
 @ray.remote(num_cpus=0)
 class PlanTally:
-    """Tiles planned per shard (keyed by shard, so a retried planning task counts once)."""
+    """Tiles planned per shard (keyed by shard, so a retried planning task counts once), and
+    when the last of ``shards`` was planned (time.time())."""
 
-    def __init__(self):
+    def __init__(self, shards: int):
+        self.shards = shards
         self.tiles: dict[int, int] = {}
+        self.completed: float | None = None
 
     def add(self, shard: int, tiles: int) -> None:
         self.tiles[shard] = tiles
+        if self.completed is None and len(self.tiles) == self.shards:
+            self.completed = time.time()
 
-    def totals(self) -> tuple[int, int]:
-        return len(self.tiles), sum(self.tiles.values())
+    def totals(self) -> tuple[int, int, float | None]:
+        return len(self.tiles), sum(self.tiles.values()), self.completed
 
 
 class TranslateProgress:
@@ -37,10 +42,10 @@ class TranslateProgress:
     def __init__(self, shards: int, counts: dict, stream=None):
         self.shards, self.counts = shards, counts
         self.stream = stream or sys.stdout
-        self.tally = PlanTally.options(scheduling_strategy=on_driver_node()).remote() if shards else None
+        self.tally = PlanTally.options(scheduling_strategy=on_driver_node()).remote(shards) if shards else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._planned = (0, 0)
+        self._planned: tuple[int, int, float | None] = (0, 0, None)
         self._first: tuple[float, int] | None = None  # (time, written) when writing began
         self._terminal = self.stream.isatty()
         self._tally_lost = False
@@ -73,7 +78,7 @@ class TranslateProgress:
                 self.tally, self._tally_lost = None, True
                 self._say(f"translate: progress goes on without the planned total (its tally actor is gone: "
                           f"{type(error).__name__})")
-        planned_shards, planned_tiles = self._planned
+        planned_shards, planned_tiles, _ = self._planned
         done = sum(self.counts.get(status, 0) for status in ("written", "skipped", "failed"))
         written, now = self.counts.get("written", 0), time.monotonic()
         if self._first is None and written:
@@ -86,6 +91,11 @@ class TranslateProgress:
         if total is None and not self._tally_lost:
             line += f" (planning: {planned_shards}/{self.shards} input shards listed, {planned_tiles} tiles so far)"
         return line
+
+    @property
+    def planned_at(self) -> float | None:
+        """When the last input shard was planned (time.time()), as of the last line."""
+        return self._planned[2]
 
     def print(self) -> None:
         line = self.line()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import posixpath
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import mercantile
 import pyarrow as pa
@@ -26,26 +27,68 @@ import pyarrow.parquet as pq
 from pix2pix import storage
 from pix2pix.errors import JobError
 from pix2pix.tiles.keys import BadKey, check_key, output_key
+from pix2pix.tiles.rows import TileRef, Unit
 from pix2pix.tiles.translation import BLOCK_TILES
 from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
 DISCOVERY_DEPTH = 3  # "city/17/38591" is a column; deeper layouts are listed as whole trees
+# Columns listed by one planning task. A city's columns hold a few to a few hundred tiles each;
+# one task per column made planning (a task's fixed cost, thousands of times) most of a run.
+SHARD_COLUMNS = 32
+LIST_THREADS = 16  # concurrent listings per planning task: object stores answer in tens of ms
 MANIFEST_SHARD_KEYS = 1000
 MAX_REPORTED_KEY = 300
 MAX_LATITUDE = 85.051129  # Web Mercator's limit, as mercantile clamps it
 
 
 @dataclass
-class Shard:
-    dirs: list[str]                 # directories (relative to the input root) to list
-    core: list[str]                 # the subset whose tiles this shard translates
-    recursive: bool = True
-    wanted: list[str] | None = None  # explicit keys (a manifest); None: every listed core tile
-    bbox: list[int] | None = None    # [z, x0, x1, y0, y1]: only core tiles inside
-    manifest: list | None = None     # [file, row group]: the wanted keys are a piece of a manifest
+class ListingShard:
+    """Directories (relative to the input root) to list; the tiles under ``core`` are
+    translated, the rest only read (a context block's neighbours)."""
 
-    def to_row(self) -> dict:
-        return asdict(self)
+    dirs: list[str]
+    core: list[str]
+    recursive: bool = True
+
+    def wanted(self, listed: list[str], manifest: storage.Location | None) -> list[str]:
+        return [key for key in listed if _under(key, set(self.core), self.recursive)]
+
+
+@dataclass
+class BboxShard(ListingShard):
+    """XYZ columns crossing --bbox: only the core tiles inside [z, x0, x1, y0, y1]."""
+
+    recursive: bool = False
+    bbox: list[int] = field(default_factory=list)
+
+    def wanted(self, listed: list[str], manifest: storage.Location | None) -> list[str]:
+        return [key for key in super().wanted(listed, manifest) if _selected(key, self.bbox)]
+
+
+@dataclass
+class ManifestShard:
+    """A piece of a manifest, [file, row group], translated without listing the input."""
+
+    part: list
+    dirs: list[str] = field(default_factory=list)  # nothing is listed
+
+    def wanted(self, listed: list[str], manifest: storage.Location | None) -> list[str]:
+        return read_manifest_part(manifest.filesystem, *self.part)
+
+
+@dataclass
+class ManifestBlockShard(ListingShard):
+    """A manifest's keys with --context: one block column's keys, its columns and the two
+    beside it listed for neighbours (or, for keys outside any XYZ column, nothing listed)."""
+
+    recursive: bool = False
+    keys: list[str] = field(default_factory=list)
+
+    def wanted(self, listed: list[str], manifest: storage.Location | None) -> list[str]:
+        return self.keys
+
+
+Shard = ListingShard | BboxShard | ManifestShard | ManifestBlockShard
 
 
 @dataclass(frozen=True)
@@ -61,21 +104,6 @@ class PlanSettings:
     # by position, and a retry that skipped the tiles written meanwhile shifted every later
     # tile into the dropped positions - they were silently never translated.
     written_before_ns: int | None = None
-
-
-@dataclass
-class Unit:
-    """One generator input: a tile, or a context block. ``tiles`` entries are
-    {"key", "col", "row", "write"}; col/row may be -1 or columns/rows for the ring."""
-
-    unit: str
-    key: str
-    tiles: list[dict] = field(default_factory=list)
-    columns: int = 1
-    rows: int = 1
-    margin: int = 0
-    skipped: int = 0
-    reason: str | None = None
 
 
 def list_directory(location: storage.Location) -> tuple[list[str], list[str]]:
@@ -127,20 +155,25 @@ def discover_shards(root: storage.Location, settings: PlanSettings) -> list[Shar
         relative = pending.pop(0)
         files, dirs = list_directory(_join(root, relative))
         if files:
-            shards.append(Shard(dirs=[relative], core=[relative], recursive=False))
+            shards.append(ListingShard(dirs=[relative], core=[relative], recursive=False))
         for name in dirs:
             child = posixpath.join(relative, name)
             if column_of(child) is not None:
                 columns.append(child)
             elif child.count("/") + 1 >= DISCOVERY_DEPTH:
-                shards.append(Shard(dirs=[child], core=[child]))
+                shards.append(ListingShard(dirs=[child], core=[child]))
             else:
                 pending.append(child)
     if settings.margin == 0:
-        shards += [Shard(dirs=[column], core=[column]) for column in sorted(columns, key=column_of)]
+        shards += [ListingShard(dirs=group, core=group) for group in column_groups(sorted(columns, key=column_of))]
     else:
         shards += block_column_shards(columns, settings.block_tiles)
     return shards
+
+
+def column_groups(columns: list[str]) -> list[list[str]]:
+    """Consecutive columns, SHARD_COLUMNS at a time."""
+    return [columns[start:start + SHARD_COLUMNS] for start in range(0, len(columns), SHARD_COLUMNS)]
 
 
 def block_column_shards(columns: list[str], block_tiles: int, bbox: list[int] | None = None) -> list[Shard]:
@@ -154,7 +187,9 @@ def block_column_shards(columns: list[str], block_tiles: int, bbox: list[int] | 
     for (prefix, z, block_x), core in sorted(by_block.items()):
         first, last = block_x * block_tiles - 1, (block_x + 1) * block_tiles
         names = [posixpath.join(prefix, str(z), str(x)) for x in range(first, last + 1)]
-        shards.append(Shard(dirs=[name for name in names if name in existing], core=sorted(core), bbox=bbox))
+        dirs = [name for name in names if name in existing]
+        shards.append(BboxShard(dirs=dirs, core=sorted(core), recursive=True, bbox=bbox) if bbox
+                      else ListingShard(dirs=dirs, core=sorted(core)))
     return shards
 
 
@@ -189,8 +224,8 @@ def bbox_shards(root: storage.Location, bbox: tuple[float, float, float, float],
     columns = [f"{zoom}/{name}" for name in names if name.isdigit()]
     selection = [zoom, x0, x1, y0, y1]
     if settings.margin == 0:
-        return [Shard(dirs=[c], core=[c], recursive=False, bbox=selection)
-                for c in columns if x0 <= int(c.split("/")[1]) <= x1]
+        inside = [c for c in columns if x0 <= int(c.split("/")[1]) <= x1]
+        return [BboxShard(dirs=group, core=group, bbox=selection) for group in column_groups(inside)]
     block = settings.block_tiles
     near = [c for c in columns if x0 // block * block - 1 <= int(c.split("/")[1]) <= (x1 // block + 1) * block]
     return [shard for shard in block_column_shards(near, block, selection)
@@ -216,9 +251,9 @@ def manifest_context_shards(keys, settings: PlanSettings) -> list[Shard]:
         first, last = block_x * settings.block_tiles, (block_x + 1) * settings.block_tiles
         core = [posixpath.join(prefix, str(z), str(x)) for x in range(first, last)]
         beside = [posixpath.join(prefix, str(z), str(x)) for x in (first - 1, last) if 0 <= x < 2**z]
-        shards.append(Shard(dirs=sorted(core + beside, key=column_of), core=core, wanted=wanted))
+        shards.append(ManifestBlockShard(dirs=sorted(core + beside, key=column_of), core=core, keys=wanted))
     for start in range(0, len(others), MANIFEST_SHARD_KEYS):
-        shards.append(Shard(dirs=[], core=[], wanted=others[start:start + MANIFEST_SHARD_KEYS]))
+        shards.append(ManifestBlockShard(dirs=[], core=[], keys=others[start:start + MANIFEST_SHARD_KEYS]))
     return shards
 
 
@@ -270,11 +305,14 @@ def _read_csv(filesystem: pafs.FileSystem, path: str) -> pa.Table:
 def done_keys(output: storage.Location, relative_dirs, recursive: bool, before_ns: int | None = None) -> set[str]:
     """Output keys under the directories (hidden and '_' names left out), only those last
     modified before ``before_ns`` when given."""
-    done = set()
-    for relative in relative_dirs:
+    def listing(relative: str):
         location = _join(output, relative)
         selector = pafs.FileSelector(location.path, recursive=recursive, allow_not_found=True)
-        for info in storage.file_info(location.filesystem, selector):
+        return location, storage.file_info(location.filesystem, selector)
+
+    done = set()
+    for location, infos in _concurrently(listing, list(relative_dirs)):
+        for info in infos:
             if info.type != pafs.FileType.File:
                 continue
             if any(part.startswith((".", "_")) for part in posixpath.relpath(info.path, location.path).split("/")):
@@ -283,6 +321,14 @@ def done_keys(output: storage.Location, relative_dirs, recursive: bool, before_n
                 continue
             done.add(posixpath.relpath(info.path, output.path))
     return done
+
+
+def _concurrently(function, items: list) -> list:
+    """``[function(item) for item in items]``, LIST_THREADS at a time, in order."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(min(LIST_THREADS, len(items))) as pool:
+        return list(pool.map(function, items))
 
 
 def _checked(keys: list) -> tuple[list[Unit], list[str]]:
@@ -315,8 +361,7 @@ def _single_units(keys: list[str], done: set[str], settings: PlanSettings) -> li
         if output_key(key, settings.image_format) in done:
             skipped.append(key)
         else:
-            tile = {"key": key, "col": 0, "row": 0, "write": True}
-            units.append(Unit(unit=output_key(key, settings.image_format), key=key, tiles=[tile],
+            units.append(Unit(unit=output_key(key, settings.image_format), key=key, tiles=[TileRef(key)],
                               margin=settings.margin))
     if skipped:
         units.append(Unit(unit="", key=skipped[0], skipped=len(skipped)))
@@ -325,19 +370,11 @@ def _single_units(keys: list[str], done: set[str], settings: PlanSettings) -> li
 
 def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Location,
                settings: PlanSettings, manifest: storage.Location | None = None) -> list[Unit]:
-    if shard.manifest:
-        shard = Shard(dirs=[], core=[], wanted=read_manifest_part(manifest.filesystem, *shard.manifest))
-    listed: list[str] = []
-    for relative in shard.dirs:
-        listed += list_keys(input_root, relative, shard.recursive)
-    core = set(shard.core)
-    if shard.wanted is None:
-        # Listed names are as untrusted as a manifest's: a key like "a%2F..%2Fb" or one holding
-        # control characters is recorded, never written (S3 resolves ".." in a written key).
-        units, wanted = _checked([key for key in listed if _under(key, core, shard.recursive)
-                                  and _selected(key, shard.bbox)])
-    else:
-        units, wanted = _checked(shard.wanted)
+    listed = [key for keys in _concurrently(lambda d: list_keys(input_root, d, shard.recursive), shard.dirs)
+              for key in keys]
+    # Listed names are as untrusted as a manifest's: a key like "a%2F..%2Fb" or one holding
+    # control characters is recorded, never written (S3 resolves ".." in a written key).
+    units, wanted = _checked(shard.wanted(listed, manifest))
     collisions, wanted = _one_per_output(wanted, settings.image_format)
     if collisions:  # the neighbours a block reads are the winners too
         losers = {unit.key for unit in collisions}
@@ -361,7 +398,7 @@ def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Locat
             xyz.append(key)
         else:
             units.append(Unit(unit=key, key=key, reason="not found in the input listing"))
-    core_tiles = [key for key in listed if _under(key, core, shard.recursive)]
+    core_tiles = [key for key in listed if _under(key, set(shard.core), shard.recursive)]
     return units + _single_units(singles, done, settings) + plan_blocks(listed, core_tiles, xyz, done, settings)
 
 
@@ -406,13 +443,13 @@ def plan_blocks(listed: list[str], core: list[str], wanted: list[str], done: set
         x0, x1 = min(t.x for t, _ in members), max(t.x for t, _ in members)
         y0, y1 = min(t.y for t, _ in members), max(t.y for t, _ in members)
         todo_set = set(todo)
-        tiles = [{"key": key, "col": t.x - x0, "row": t.y - y0, "write": key in todo_set} for t, key in members]
+        tiles = [TileRef(key, t.x - x0, t.y - y0, key in todo_set) for t, key in members]
         cells = grid[prefix, z]
         for y in range(y0 - 1, y1 + 2):
             for x in range(x0 - 1, x1 + 2):
                 if (x0 <= x <= x1 and y0 <= y <= y1) or (x, y) not in cells:
                     continue
-                tiles.append({"key": cells[x, y], "col": x - x0, "row": y - y0, "write": False})
+                tiles.append(TileRef(cells[x, y], x - x0, y - y0, write=False))
         units.append(Unit(unit=f"{prefix}|{z}|{block_x}|{block_y}", key=todo[0], tiles=tiles,
                           columns=x1 - x0 + 1, rows=y1 - y0 + 1, margin=settings.margin))
     if skipped:

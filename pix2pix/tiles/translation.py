@@ -154,25 +154,47 @@ class Translator:
             raise ValueError(f"expected uint8 NHWC images with 3 channels, got {images.shape} {images.dtype}")
         if self.stochastic and (seeds is None or len(seeds) != len(images)):
             raise ValueError("stochastic translation needs one seed per image")
+        # One transfer to the device and one back per call, whatever its micro-batches.
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
         outputs = []
         with torch.inference_mode():
             if self.stochastic:  # each image alone under its seed
-                outputs.append(self._forward(images, classes, seeds))
+                outputs.append(self._forward(x, classes, seeds))
             else:
-                for start in range(0, len(images), self.micro_batch):
-                    chunk = images[start:start + self.micro_batch]
+                for start in range(0, len(x), self.micro_batch):
+                    chunk = x[start:start + self.micro_batch]
                     padding = self.micro_batch - len(chunk)
                     if padding:
-                        chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), np.uint8)])
+                        chunk = torch.cat([chunk, chunk.new_zeros((padding, *chunk.shape[1:]))])
                     outputs.append(self._forward(chunk, classes)[:len(chunk) - padding])
-        return np.concatenate(outputs)
+            return torch.cat(outputs).cpu().numpy()
 
-    def _forward(self, batch: np.ndarray, classes: bool, seeds: Sequence[int] | None = None) -> np.ndarray:
+    def _forward(self, batch: torch.Tensor, classes: bool, seeds: Sequence[int] | None = None) -> torch.Tensor:
         # NHWC viewed as NCHW is already channels_last in memory.
-        x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-        y = to_uint8(run_generator(self.generator, x, self.device, self.precision, self.layout, seeds))
+        y = to_uint8(run_generator(self.generator, batch.permute(0, 3, 1, 2), self.device, self.precision,
+                                   self.layout, seeds))
         if classes:
-            return palette_classes(y, self.palette).to(torch.uint8).cpu().numpy()
+            return palette_classes(y, self.palette).to(torch.uint8)
         if self.palette:
             y = snap_to_palette(y, self.palette)
-        return y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return y.permute(0, 2, 3, 1).contiguous()
+
+
+def translate_canvases(translator: Translator, canvases: Sequence[np.ndarray | None], units: Sequence[str],
+                       seed: int) -> list[np.ndarray | None]:
+    """A pipeline call's canvases (HxWx3 uint8, None: nothing to translate) -> their
+    translations, in order: HxW class indices with a palette, else HxWx3. Canvases of one shape
+    run together; stochastic runs seed each by its unit's name and the run's --seed."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, canvas in enumerate(canvases):
+        if canvas is not None:
+            by_shape.setdefault(canvas.shape, []).append(index)
+    outputs: list[np.ndarray | None] = [None] * len(canvases)
+    translate = translator.classes if translator.palette else translator
+    for indices in by_shape.values():
+        seeds = [unit_seed(units[i], seed) for i in indices] if translator.stochastic else None
+        for index, output in zip(indices, translate(np.stack([canvases[i] for i in indices]), seeds)):
+            outputs[index] = output
+    return outputs

@@ -24,7 +24,7 @@ from PIL import Image
 from pix2pix import checkpoint, storage
 from pix2pix.model.export import CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, CheckpointError
 from pix2pix.model.networks import GeneratorConfig
-from pix2pix.tiles.plan import PlanSettings, Shard, discover_shards, plan_shard
+from pix2pix.tiles.plan import ManifestShard, PlanSettings, discover_shards, plan_shard
 from pix2pix.tiles.translation import tile_pixel_limit
 from tests.reliability.conftest import contents
 from tests.test_translate_job import encoded, export, failures, smooth_image, translate, write_manifest
@@ -104,11 +104,9 @@ def test_an_image_bomb_is_refused_before_any_pixel_is_allocated(tmp_path, record
     script = f"""
 import resource, time, pyarrow as pa
 from pix2pix import storage
-from pix2pix.distributed.translate_stages import UNIT_SCHEMA, load_units
-tile = {{"key": "12/0/0.png", "col": 0, "row": 0, "write": True}}
-unit = {{"unit": "12/0/0.png", "key": "12/0/0.png", "tiles": [tile], "columns": 1, "rows": 1, "margin": 0,
-        "skipped": 0, "reason": None}}
-batch = pa.Table.from_pylist([unit], schema=UNIT_SCHEMA)
+from pix2pix.distributed.translate_stages import load_units
+from pix2pix.tiles.rows import TileRef, Unit, to_table
+batch = to_table([Unit("12/0/0.png", "12/0/0.png", [TileRef("12/0/0.png")])], Unit)
 root = storage.resolve({str(tmp_path)!r})
 load_units(batch, root, 64, "resize")  # warm up: imports, thread pool
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -132,9 +130,9 @@ def test_keys_that_try_to_escape_an_s3_prefix(s3_bucket):
     """On S3 a written key's '..' is resolved (a PUT of maps/../x lands at x): the planner refuses
     such listed names, and the writer refuses any unsafe key it is handed."""
     import boto3
-    import pyarrow as pa
 
-    from pix2pix.distributed.translate_stages import LOADED_SCHEMA, write_units
+    from pix2pix.distributed.translate_stages import write_units
+    from pix2pix.tiles.rows import Canvas, TileRef, to_table
 
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     hostile = ["sat/a%2F..%2Fb.jpg", "sat/back\\slash.jpg", "sat/ctl\x01.jpg", "sat/../escape.jpg",
@@ -151,10 +149,9 @@ def test_keys_that_try_to_escape_an_s3_prefix(s3_bucket):
 
     # The writer's own check: a unit carrying an escaping key (as a buggy planner might hand it).
     pixels = np.zeros((64, 64, 3), np.uint8).tobytes()
-    rows = [{"unit": key, "key": key, "tiles": [{"key": key, "col": 0, "row": 0, "write": True}], "columns": 1,
-             "rows": 1, "margin": 0, "skipped": 0, "reason": None, "pixels": pixels, "height": 64, "width": 64,
-             "failed": [], "bytes_read": 0, "tile_bytes": 0} for key in ["../escape.jpg", "a/../../b.jpg"]]
-    statuses = write_units(pa.Table.from_pylist(rows, schema=LOADED_SCHEMA), output, "png", 64).to_pylist()
+    rows = [Canvas(key, key, [TileRef(key)], pixels=pixels, height=64, width=64)
+            for key in ["../escape.jpg", "a/../../b.jpg"]]
+    statuses = write_units(to_table(rows, Canvas), output, "png", 64).to_pylist()
     assert [status["status"] for status in statuses] == ["failed", "failed"]
     assert all(status["reason"].startswith("unsafe key:") for status in statuses)
     assert {entry["Key"] for entry in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]} == before
@@ -171,7 +168,7 @@ def test_manifest_keys_beyond_the_covered_ones(tmp_path):
             "ok/1.jpg\x00.png", "é" * 600 + ".jpg", "ok/1.jpg"]
     manifest = write_manifest(tmp_path / "keys.parquet", keys)
     root, output = storage.resolve(str(tmp_path / "in")), storage.resolve(str(tmp_path / "out"))
-    shard = Shard(dirs=[], core=[], manifest=[manifest, 0])
+    shard = ManifestShard([manifest, 0])
     units = plan_shard(shard, root, output, PlanSettings(), storage.resolve(manifest))
     refused = {unit.key: unit.reason for unit in units if unit.reason}
     assert [unit.key for unit in units if not unit.reason] == ["ok/1.jpg"]
@@ -381,7 +378,7 @@ def test_inputs_that_would_write_one_output_are_recorded_first_in_key_order_wins
     refused = {unit.key: unit.reason for unit in units if unit.reason}
     assert sorted(refused) == ["1/0/0.png", "1/0/0.webp"]
     assert all("is also that of 1/0/0.jpg, which is written" in reason for reason in refused.values())
-    written = sorted(tile["key"] for unit in units if not unit.reason for tile in unit.tiles if tile["write"])
+    written = sorted(tile.key for unit in units if not unit.reason for tile in unit.tiles if tile.write)
     assert written == ["1/0/0.jpg", "1/0/1.jpg", "1/1/0.png", "1/1/1.png"]
-    read = {tile["key"] for unit in units if not unit.reason for tile in unit.tiles}
+    read = {tile.key for unit in units if not unit.reason for tile in unit.tiles}
     assert not read & set(refused)  # a loser is not a neighbour either
