@@ -125,17 +125,15 @@ def pixel_views(column: pa.ChunkedArray | pa.Array) -> list[memoryview | None]:
 
 
 def binary_column(values: list[np.ndarray | bytes | None]) -> pa.Array:
-    """A large_binary column from arrays (their bytes, one copy into one buffer), None: null."""
-    sizes = np.array([0 if value is None else np.asarray(value).nbytes if isinstance(value, np.ndarray)
-                      else len(value) for value in values], np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    """A large_binary column from arrays or bytes (copied once, into one buffer); None: null."""
+    raw = [None if value is None else np.frombuffer(np.ascontiguousarray(value) if isinstance(value, np.ndarray)
+                                                    else value, np.uint8) for value in values]
+    offsets = np.cumsum([0] + [0 if item is None else item.size for item in raw], dtype=np.int64)
     data = np.empty(int(offsets[-1]), np.uint8)
-    for value, start, end in zip(values, offsets[:-1], offsets[1:]):
-        if value is not None:
-            data[start:end] = np.frombuffer(value, np.uint8) if not isinstance(value, np.ndarray) \
-                else np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-    valid = np.array([value is not None for value in values])
+    for item, start, end in zip(raw, offsets[:-1], offsets[1:]):
+        if item is not None:
+            data[start:end] = item
+    valid = np.array([item is not None for item in raw], bool)
     validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.large_binary(), len(values), [validity, pa.py_buffer(offsets),
-                                                                   pa.py_buffer(data)],
+    return pa.Array.from_buffers(pa.large_binary(), len(raw), [validity, pa.py_buffer(offsets), pa.py_buffer(data)],
                                  null_count=int((~valid).sum()))
