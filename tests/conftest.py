@@ -105,6 +105,20 @@ def files_holding_the_secret(folder: Path) -> tuple[list[str], int, int]:
 
 
 @pytest.fixture(scope="session")
+def prepared_dataset(ray_session, tmp_path_factory) -> str:
+    """16 train and 4 val pairs (tests.test_train_job.write_pairs, under ``raw/`` beside it)
+    prepared into shards once for the session; the training tests read it and write elsewhere."""
+    from pix2pix.distributed.prepare import prepare
+    from tests.test_train_job import write_pairs
+
+    root = tmp_path_factory.mktemp("train-data")
+    write_pairs(root / "raw", 16)
+    summary = prepare(str(root / "raw"), str(root / "data"))
+    assert summary["pairs"] == {"train": 16, "val": 4}
+    return str(root / "data")
+
+
+@pytest.fixture(scope="session")
 def recife() -> Path:
     if not (SHARED_DATA / "recife" / "train").is_dir():
         pytest.skip("real data ../shared/data/recife not present")

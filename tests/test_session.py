@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.test_train_job import dataset, write_pairs  # noqa: F401 (a fixture, and what it writes)
 
 TINY_TRAINING = ("--image-size", "64", "--ngf", "8", "--ndf", "8", "--epochs", "1", "--epochs-decay", "0",
                  "--batch-size", "2", "--precision", "fp32", "--threads", "1", "--max-failures", "0")
@@ -66,12 +65,12 @@ def without_ray_settings() -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_job_on_its_own_instance_starts_fewer_helpers_and_prints_only_its_own_lines(dataset, tmp_path):  # noqa: F811
+def test_a_job_on_its_own_instance_starts_fewer_helpers_and_prints_only_its_own_lines(prepared_dataset, tmp_path):
     temp_dir = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**without_ray_settings(), "RAY_TMPDIR": str(temp_dir)}
     try:
         completed = subprocess.run(
-            [sys.executable, "jobs/train.py", "--data", dataset, "--storage", str(tmp_path), "--name", "own",
+            [sys.executable, "jobs/train.py", "--data", prepared_dataset, "--storage", str(tmp_path), "--name", "own",
              "--palette", "recife", *TINY_TRAINING], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
         started = actors_started(temp_dir)
     finally:

@@ -42,17 +42,6 @@ def write_pairs(root: Path, count: int, size: int = 64) -> None:
                 Image.fromarray(array.astype(np.uint8)).save(path)
 
 
-@pytest.fixture(scope="module")
-def dataset(ray_session, tmp_path_factory) -> str:
-    from pix2pix.distributed.prepare import prepare
-
-    root = tmp_path_factory.mktemp("train-data")
-    write_pairs(root / "raw", 16)
-    summary = prepare(str(root / "raw"), str(root / "data"))
-    assert summary["pairs"] == {"train": 16, "val": 4}
-    return str(root / "data")
-
-
 def job_config(data_uri, train=TINY, **options):
     from pix2pix.distributed.train import JobConfig
 
@@ -77,11 +66,11 @@ def assert_export_reproduces_training_state(run_uri: str, checkpoint_path: str, 
     return info, state
 
 
-def test_two_worker_run_against_s3(dataset, s3_bucket):
+def test_two_worker_run_against_s3(prepared_dataset, s3_bucket):
     from pix2pix.distributed.prepare import prepare
     from pix2pix.distributed.train import fit
 
-    raw = Path(dataset).parent / "raw"
+    raw = Path(prepared_dataset).parent / "raw"
     prepare(str(raw), f"s3://{s3_bucket}/data")
     result = fit(job_config(f"s3://{s3_bucket}/data"), two_cpu_workers(), f"s3://{s3_bucket}/runs", "s3run")
     assert result.error is None and result.metrics["epoch"] == 2
@@ -90,12 +79,12 @@ def test_two_worker_run_against_s3(dataset, s3_bucket):
     assert info.epoch == 2
 
 
-def test_worker_crash_resumes_from_the_latest_checkpoint(dataset, tmp_path):
+def test_worker_crash_resumes_from_the_latest_checkpoint(prepared_dataset, tmp_path):
     from pix2pix.distributed.train import fit
     from tests.step_hooks import CrashOnce
 
     steps_per_epoch = 16 // (2 * 2)
-    config = job_config(dataset, on_step=CrashOnce(steps_per_epoch + 1, str(tmp_path / "crashed")))
+    config = job_config(prepared_dataset, on_step=CrashOnce(steps_per_epoch + 1, str(tmp_path / "crashed")))
     result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "crash", max_failures=1)
     assert result.error is None
     assert (tmp_path / "crashed").exists()  # the worker really died once
@@ -129,14 +118,14 @@ def record_ddp_steps(job: dict) -> None:
     ray.train.report({"steps": len(batches)})
 
 
-def test_ddp_matches_one_process_on_the_combined_batches(dataset, tmp_path):
+def test_ddp_matches_one_process_on_the_combined_batches(prepared_dataset, tmp_path):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     # depth 4: no 1x1 bottleneck, whose instance norm would leave kernel weights without gradient
     train = TrainConfig(image_size=64, ngf=8, ndf=8, depth=4, batch_size=2, precision="fp32", dropout=0.0)
     trainer = TorchTrainer(
-        record_ddp_steps, train_loop_config={"train": train, "out": str(tmp_path), "data": dataset},
+        record_ddp_steps, train_loop_config={"train": train, "out": str(tmp_path), "data": prepared_dataset},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(name="equivalence", storage_path=str(tmp_path / "runs")),
     )
@@ -221,12 +210,12 @@ def test_empty_dataset_and_unknown_flag(tmp_path):
         "train.py: error: --decay-fraction needs --max-minutes or --max-pairs (the budget it shares out) (see --help)"]
 
 
-def test_too_few_pairs_for_one_batch_per_worker(dataset, tmp_path):
+def test_too_few_pairs_for_one_batch_per_worker(prepared_dataset, tmp_path):
     from pix2pix.distributed.train import fit
     from pix2pix.training.shards import DatasetError
 
     with pytest.raises(DatasetError) as raised:  # before any worker starts
-        fit(job_config(dataset, train=replace(TINY, batch_size=9)), two_cpu_workers(), str(tmp_path), "few")
+        fit(job_config(prepared_dataset, train=replace(TINY, batch_size=9)), two_cpu_workers(), str(tmp_path), "few")
     assert str(raised.value) == "16 training pairs make no full batch per worker (2 workers x --batch-size 9)"
 
 
@@ -260,7 +249,7 @@ def test_resuming_a_run_that_used_a_retired_option_is_refused_in_one_line(tmp_pa
         check_resume(storage.resolve(str(tmp_path / "run")), TINY)
 
 
-def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(dataset, tmp_path):
+def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_average(prepared_dataset, tmp_path):
     from pix2pix.distributed.train import JobConfig, fit
     from pix2pix.distributed.train_worker import read_history
     from pix2pix.model.palette import RECIFE_PALETTE
@@ -270,8 +259,8 @@ def test_two_worker_run_with_a_pairs_budget_the_palette_term_and_a_weight_averag
     # 2 workers x batch 2 = 4 pairs a step, 4 steps an epoch: 24 pairs end in epoch 2, at step 6,
     # although the epoch schedule (1 + 1 epochs) would have stopped at step 8.
     train = replace(TINY, palette_weight=1.0, ema_decay=0.9)
-    config = JobConfig(train=train, data_uri=dataset, threads=1, budget=Budget(max_pairs=24), started_at=time.time(),
-                       palette=RECIFE_PALETTE)
+    config = JobConfig(train=train, data_uri=prepared_dataset, threads=1, budget=Budget(max_pairs=24),
+                       started_at=time.time(), palette=RECIFE_PALETTE)
     result = fit(config, two_cpu_workers(), str(tmp_path / "runs"), "budget")
     assert result.error is None
     history = read_history(str(tmp_path / "runs" / "budget"))
