@@ -56,7 +56,7 @@ def plain_loop(input_dir: str, output_dir: str, export: str, part: int, parts: i
     from pix2pix.model.palette import encode_paletted_png
     from pix2pix.model.precision import set_threads
     from pix2pix.tiles.keys import output_key
-    from pix2pix.tiles.translation import Translator
+    from pix2pix.tiles.translator import Translator
 
     set_threads(1)
     generator, info = checkpoint.load_generator(export)
@@ -84,7 +84,7 @@ def forward_ms(export: str, micro_batch: int = MICRO_BATCH, tiles: int = 256) ->
     from pix2pix import checkpoint
     from pix2pix.images import decode_image
     from pix2pix.model.precision import set_threads
-    from pix2pix.tiles.translation import Translator
+    from pix2pix.tiles.translator import Translator
 
     set_threads(1)
     generator, info = checkpoint.load_generator(export)
@@ -166,7 +166,7 @@ def run_job(repo: Path, input_dir: Path, output_dir: Path, export: str, total: i
                "--output", str(output_dir), "--checkpoint", export, *flags]
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONPATH": str(repo)})
+                               cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     samples: list[tuple[float, int, float]] = []
 
     def sample():

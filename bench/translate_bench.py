@@ -111,7 +111,7 @@ def bare_loop(input_dir: str, output_dir: str, checkpoint_uri: str, threads: int
     from pix2pix.images import decode_image, encode_image
     from pix2pix.model.precision import resolve_precision, set_threads
     from pix2pix.tiles.keys import output_key
-    from pix2pix.tiles.translation import Translator
+    from pix2pix.tiles.translator import Translator
 
     started = time.perf_counter()
     set_threads(threads)
@@ -153,7 +153,7 @@ def precision_probe(checkpoint_uri: str, threads: int) -> dict:
 
     from pix2pix import checkpoint
     from pix2pix.model.precision import cpu_has_native_bf16, set_threads
-    from pix2pix.tiles.translation import Translator
+    from pix2pix.tiles.translator import Translator
 
     set_threads(threads)
     generator, _ = checkpoint.load_generator(checkpoint_uri)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pix2pix import cli, demo_paths  # noqa: E402
 from pix2pix.errors import JobError  # noqa: E402
+from pix2pix.tiles.canvases import ON_SIZE  # noqa: E402
 from pix2pix.tiles.keys import OUTPUT_EXTENSIONS  # noqa: E402
-from pix2pix.tiles.translation import ON_SIZE  # noqa: E402
 
 DEMO_INPUT = os.path.join(demo_paths.DEMO_TILES, "sat")
 DEMO_CHECKPOINT = os.path.join(demo_paths.DEMO_RUNS, demo_paths.DEMO_RUN_NAME)

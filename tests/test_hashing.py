@@ -3,7 +3,7 @@ datasets' pairs between splits, re-assign validation pairs and change --stochast
 
 from pix2pix.evaluation import pair_seed
 from pix2pix.hashing import stable_hash, stable_seed
-from pix2pix.tiles.translation import unit_seed
+from pix2pix.tiles.translator import unit_seed
 from pix2pix.training.pairs import split_for_key
 from pix2pix.training.shards import key_hash, owner_rank
 

@@ -75,25 +75,39 @@ def test_no_two_modules_share_a_name():
     assert {stem: paths for stem, paths in stems.items() if len(paths) > 1} == {}
 
 
-BLOCKER = f"""
+def blocker(blocked: tuple[str, ...]) -> str:
+    return f"""
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {HEAVY!r}:
+        if name.split(".")[0] in {blocked!r}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {str(REPO)!r})
 """
 
 
+BLOCKER = blocker(HEAVY)
+
+
 @pytest.mark.parametrize("imports", [
     "import " + ", ".join(sorted(name for name in MODULES if within(name, "pix2pix.model"))),
     "import pix2pix.training.step, pix2pix.training.budget",
     "import runpy; runpy.run_path('bench/gpu_check.py', run_name='gpu_check_imported')",
-], ids=["model core", "training step", "bench/gpu_check.py"])
+    "import pix2pix.tiles.translator",
+], ids=["model core", "training step", "bench/gpu_check.py", "the generator stage's core"])
 def test_the_model_core_and_the_training_step_need_none_of_the_pipeline_libraries(imports):
     completed = subprocess.run([sys.executable, "-c", BLOCKER + imports], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_planning_tasks_import_no_model_or_image_libraries():
+    """Planning runs as Ray tasks, which may start in fresh worker processes: importing torch
+    or OpenCV there cost seconds per task."""
+    completed = subprocess.run([sys.executable, "-c", blocker(("torch", "cv2", "albumentations"))
+                                + "import pix2pix.distributed.translate_planning"], cwd=REPO, capture_output=True,
+                               text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 

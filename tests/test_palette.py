@@ -22,7 +22,7 @@ from pix2pix.model.palette import (
     snap_to_palette,
 )
 from pix2pix.palette_files import load_palette, output_palette
-from pix2pix.tiles.translation import Translator
+from pix2pix.tiles.translator import Translator
 
 
 def test_palette_files_and_their_errors(tmp_path):

@@ -20,7 +20,7 @@ from pix2pix.tiles.rows import (
     pixel_views,
     to_table,
 )
-from pix2pix.tiles.translation import Translator, translate_canvases
+from pix2pix.tiles.translator import Translator, translate_canvases
 
 SMALL = GeneratorConfig(ngf=4, depth=6)  # 64 px
 

@@ -11,6 +11,7 @@ from pix2pix import storage
 from pix2pix.errors import ConfigError
 from pix2pix.images import BadImage
 from pix2pix.model.networks import GeneratorConfig, UNetGenerator
+from pix2pix.tiles.canvases import assemble_canvas, context_margin, crop_tile, fit_tile
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.plan import (
     SHARD_COLUMNS,
@@ -22,7 +23,7 @@ from pix2pix.tiles.plan import (
     plan_blocks,
     plan_shard,
 )
-from pix2pix.tiles.translation import Translator, assemble_canvas, context_margin, crop_tile, fit_tile, unit_seed
+from pix2pix.tiles.translator import Translator, unit_seed
 
 SMALL = GeneratorConfig(ngf=8, depth=6)  # 64 px; depth 6 keeps one dropout block
 

@@ -36,7 +36,9 @@ from pix2pix.errors import JobError
 from pix2pix.model.networks import MAX_IMAGE_SIZE, check_image_size
 from pix2pix.model.precision import inference_precision
 from pix2pix.palette_files import output_palette
+from pix2pix.tiles.canvases import context_margin
 from pix2pix.tiles.plan import (
+    BLOCK_TILES,
     ManifestShard,
     PlanSettings,
     Shard,
@@ -49,7 +51,7 @@ from pix2pix.tiles.plan import (
 from pix2pix.tiles.preview import PreviewSamples, write_preview
 from pix2pix.tiles.rows import UNIT_SCHEMA
 from pix2pix.tiles.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
-from pix2pix.tiles.translation import BLOCK_TILES, context_margin, default_micro_batch
+from pix2pix.tiles.translator import default_micro_batch
 
 FAILURES_DIR = "_failures"
 IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time

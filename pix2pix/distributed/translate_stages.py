@@ -22,16 +22,10 @@ from pix2pix import checkpoint, storage
 from pix2pix.images import BadImage, decode_image, encode_image
 from pix2pix.model.palette import encode_paletted_png
 from pix2pix.model.precision import inference_precision, set_threads
+from pix2pix.tiles.canvases import assemble_canvas, crop_tile, fit_tile, tile_pixel_limit
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.rows import CANVAS_SCHEMA, Status, binary_column, pixel_views, to_table
-from pix2pix.tiles.translation import (
-    Translator,
-    assemble_canvas,
-    crop_tile,
-    fit_tile,
-    tile_pixel_limit,
-    translate_canvases,
-)
+from pix2pix.tiles.translator import Translator, translate_canvases
 
 PIXELS = CANVAS_SCHEMA.get_field_index("pixels")
 IO_THREADS = 16  # concurrent reads/writes per task: object stores answer in tens of ms

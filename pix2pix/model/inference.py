@@ -1,5 +1,5 @@
 """The one way a generator runs outside its training step: validation (Pix2Pix.translate),
-evaluation (pix2pix.evaluation) and production tiles (pix2pix.tiles.translation) all call
+evaluation (pix2pix.evaluation) and production tiles (pix2pix.tiles.translator) all call
 ``run_generator``, so they share the input conversion, the memory layout, the precision and the
 per-image seeding of stochastic runs."""
 

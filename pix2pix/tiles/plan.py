@@ -28,9 +28,11 @@ from pix2pix import storage
 from pix2pix.errors import JobError
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.rows import TileRef, Unit
-from pix2pix.tiles.translation import BLOCK_TILES
 from pix2pix.tiles.xyz import TileKey, parse_tile_key
 
+# Context blocks are BLOCK_TILES x BLOCK_TILES tiles plus a ring of neighbours: reading the
+# ring costs (1 + 2/8)^2 = 1.56x the block's bytes, the model sees (1 + 2m/8T)^2 more pixels.
+BLOCK_TILES = 8
 DISCOVERY_DEPTH = 3  # "city/17/38591" is a column; deeper layouts are listed as whole trees
 # Columns listed by one planning task. A city's columns hold a few to a few hundred tiles each;
 # one task per column made planning (a task's fixed cost, thousands of times) most of a run.

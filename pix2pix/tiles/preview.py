@@ -7,8 +7,8 @@ import posixpath
 
 from pix2pix import storage
 from pix2pix.images import BadImage, decode_image, image_grid, side_by_side
+from pix2pix.tiles.canvases import fit_tile
 from pix2pix.tiles.keys import output_key
-from pix2pix.tiles.translation import fit_tile
 from pix2pix.tiles.xyz import TileKey, mosaic, parse_tile_key
 
 PREVIEW_TILES = 4     # a 4x4-tile region

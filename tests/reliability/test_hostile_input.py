@@ -24,8 +24,8 @@ from PIL import Image
 from pix2pix import checkpoint, storage
 from pix2pix.model.export import CONFIG_FILE, TRAINING_STATE_FILE, WEIGHTS_FILE, CheckpointError
 from pix2pix.model.networks import GeneratorConfig
+from pix2pix.tiles.canvases import tile_pixel_limit
 from pix2pix.tiles.plan import ManifestShard, PlanSettings, discover_shards, plan_shard
-from pix2pix.tiles.translation import tile_pixel_limit
 from tests.reliability.conftest import contents
 from tests.test_translate_job import encoded, export, failures, smooth_image, translate, write_manifest
 
@@ -317,7 +317,7 @@ def test_deeply_nested_or_wrongly_typed_json_files_are_one_line(tmp_path, record
 
 def test_a_tile_opencv_cannot_resize_is_a_bad_tile():
     from pix2pix.images import BadImage
-    from pix2pix.tiles.translation import fit_tile
+    from pix2pix.tiles.canvases import fit_tile
 
     with pytest.raises(BadImage, match="cannot resize the 0x4 tile to 64x64"):
         fit_tile(np.zeros((4, 0, 3), np.uint8), 64, "resize")
