@@ -56,7 +56,7 @@ def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2, port: int | N
             except urllib.error.HTTPError:
                 break  # it answers (401 until the client sends the auth token)
             except OSError:
-                time.sleep(1)
+                time.sleep(0.25)
         else:
             raise RuntimeError("the Ray head's dashboard did not come up in 120 s")
         yield address, client_env
