@@ -114,8 +114,13 @@ def width1_export(directory: Path) -> str:
 
 # ---- measuring a process tree ----------------------------------------------------------------
 
-def tree_cpu_seconds(root_pid: int) -> float:
-    """utime + stime of a process and every live descendant."""
+ROLES = (("GeneratorStage", "generator actors"), ("ReadStage", "read actors"), ("WriteStage", "write actors"),
+         ("ray::", "other Ray workers (planning, Ray Data's helpers)"))
+
+
+def tree_cpu_seconds(root_pid: int) -> dict[str, float]:
+    """utime + stime of a process and every live descendant, summed by role (from each
+    process's command line: Ray names its workers after what they run)."""
     children: dict[int, list[int]] = {}
     times: dict[int, float] = {}
     for entry in os.listdir("/proc"):
@@ -128,12 +133,23 @@ def tree_cpu_seconds(root_pid: int) -> float:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
         times[int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    total, pending = 0.0, [root_pid]
+    by_role: dict[str, float] = {}
+    pending = [root_pid]
     while pending:
         pid = pending.pop()
-        total += times.get(pid, 0.0)
         pending += children.get(pid, [])
-    return total
+        role = "driver" if pid == root_pid else _role(pid)
+        by_role[role] = by_role.get(role, 0.0) + times.get(pid, 0.0)
+    return by_role
+
+
+def _role(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read().decode(errors="replace")
+    except OSError:
+        return "Ray daemons"
+    return next((role for marker, role in ROLES if marker in command), "Ray daemons (raylet, GCS, dashboard)")
 
 
 def count_files(folder: Path) -> int:
@@ -151,12 +167,14 @@ def count_files(folder: Path) -> int:
     return count
 
 
-def steady_window(samples: list[tuple[float, int, float]], total: int) -> dict:
-    """(time, tiles written, CPU s) samples -> rate and CPU per tile between 10% and 90% written."""
+def steady_window(samples: list[tuple[float, int, dict]], total: int) -> dict:
+    """(time, tiles written, CPU s by role) samples -> rate and CPU per tile between 10% and 90%
+    written."""
     low = next(s for s in samples if s[1] >= 0.1 * total)
     high = next(s for s in samples if s[1] >= 0.9 * total)
     tiles, seconds = high[1] - low[1], high[0] - low[0]
-    return {"tiles_per_s": tiles / seconds, "cpu_ms_per_tile": 1000 * (high[2] - low[2]) / tiles}
+    roles = {role: 1000 * (high[2].get(role, 0.0) - low[2].get(role, 0.0)) / tiles for role in high[2]}
+    return {"tiles_per_s": tiles / seconds, "cpu_ms_per_tile": sum(roles.values()), "roles": roles}
 
 
 def run_job(repo: Path, input_dir: Path, output_dir: Path, export: str, total: int, *flags: str) -> dict:
@@ -204,16 +222,16 @@ def run_plain(input_dir: Path, output_dir: Path, export: str, processes: int) ->
     total, written, curve = sum(r["tiles"] for r in results), 0, []
     for t, n in events:
         written += n
-        curve.append((t, written, 0.0))
+        curve.append((t, written, {}))
     window = steady_window(curve, total)
     return {"tiles_per_s": window["tiles_per_s"], "tiles": total}
 
 
 def _all_loaded(children) -> bool:
     """The children load torch and the export before waiting: give them until their CPU use stops."""
-    before = sum(tree_cpu_seconds(child.pid) for child in children)
+    before = sum(sum(tree_cpu_seconds(child.pid).values()) for child in children)
     time.sleep(0.5)
-    return sum(tree_cpu_seconds(child.pid) for child in children) - before < 0.05
+    return sum(sum(tree_cpu_seconds(child.pid).values()) for child in children) - before < 0.05
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -248,6 +266,8 @@ def translation(work: Path, copies: int, repos: list[Path]) -> None:
               f"{summary['steady_tiles_per_s']}), CPU {job['cpu_ms_per_tile']:.2f} ms/tile of which "
               f"{outside:.2f} outside the forward; last shard planned at {planned} s of {summary['seconds']} s "
               f"({planned_share} of the run); {summary['written']} written")
+        print("      CPU ms/tile by role: " + ", ".join(f"{role} {ms:.2f}" for role, ms in
+                                                     sorted(job["roles"].items(), key=lambda item: -item[1])))
     print("  targets: >= 0.8x at the GPU batch, >= 0.6x at the CPU batch; <= 3 ms/tile outside the forward at "
           "the GPU batch; planning within the first 0.25 of the run")
 
@@ -278,6 +298,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "translate"):
         translation(work, args.copies, [*args.compare, REPO])
+    if args.only in (None, "train"):
+        from bench.ceiling_training import training
+
+        training(work)
 
 
 if __name__ == "__main__":

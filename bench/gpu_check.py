@@ -1,7 +1,10 @@
 """The Ray-free core on a GPU: training step and generator throughput, bf16 and fp16, channels_last
-on and off, the sample grid, and an fp16 run resumed from a bf16 checkpoint. One JSON line per
-measurement; under 10 minutes on one GPU. Needs torch, numpy, Pillow, safetensors and torchmetrics
-(no Ray, no albumentations, no mercantile), so it runs on a device machine as is:
+on and off, compiled and not at the GPU batch, the translation actor's core (translate_canvases:
+uint8 tiles in, class indices out, transfers included) at the GPU batch, the sample grid, a run
+resumed across memory layouts and an fp16 run resumed from a bf16 checkpoint. One JSON line per
+measurement, each with its own peak memory; under 5 minutes on one GPU (--quick: 90 s). Needs
+torch, numpy, Pillow, safetensors and torchmetrics (no Ray, no Arrow, no albumentations, no
+OpenCV, no mercantile), so it runs on a device machine as is:
 
     python3 bench/gpu_check.py [--quick]
 
@@ -22,11 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from pix2pix.model.palette import RECIFE_PALETTE  # noqa: E402
 from pix2pix.model.precision import native_precisions  # noqa: E402
+from pix2pix.tiles.translator import Translator, default_micro_batch, translate_canvases  # noqa: E402
 from pix2pix.training.step import Pix2Pix, TrainConfig, sample_grid  # noqa: E402
+
+GPU_TILE_BATCH = 64  # jobs/translate.py's --batch-size default on a GPU
 
 
 def emit(**fields) -> None:
+    """One JSON line, with the peak GPU memory since the last line (then reset)."""
+    if torch.cuda.is_available():
+        fields["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}), flush=True)
 
 
@@ -44,8 +55,10 @@ def pairs(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, to
     return source, target
 
 
-def training_step(config: TrainConfig, device: torch.device, warmup: int, steps: int) -> dict:
+def training_step(config: TrainConfig, device: torch.device, warmup: int, steps: int, compiled: bool = False) -> dict:
     model = Pix2Pix(config, device)
+    if compiled:
+        model.generator, model.discriminator = torch.compile(model.generator), torch.compile(model.discriminator)
     source, target = pairs(config.batch_size, config.image_size, device)
     for _ in range(warmup):
         model.train_step(source, target)
@@ -55,9 +68,8 @@ def training_step(config: TrainConfig, device: torch.device, warmup: int, steps:
     synchronize(device)
     seconds = time.perf_counter() - started
     finite = all(math.isfinite(float(value)) for parts in losses for value in parts.values())
-    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"pairs_per_s": steps * config.batch_size / seconds, "ms_per_step": 1000 * seconds / steps,
-            "losses_finite": finite, "max_memory_gib": memory}
+            "losses_finite": finite}
 
 
 def generator_throughput(config: TrainConfig, device: torch.device, micro_batch: int, repeats: int) -> float:
@@ -72,6 +84,38 @@ def generator_throughput(config: TrainConfig, device: torch.device, micro_batch:
     return repeats * micro_batch / (time.perf_counter() - started)
 
 
+def tile_core(config: TrainConfig, device: torch.device, tiles: int, repeats: int) -> dict:
+    """The generator actor's work per call: uint8 canvases (host memory) -> class indices (host
+    memory), through translate_canvases as the pipeline calls it."""
+    model = Pix2Pix(config, device)
+    translator = Translator(model.generator, device, config.precision, palette=RECIFE_PALETTE)
+    canvases = list(torch.randint(0, 256, (tiles, config.image_size, config.image_size, 3), dtype=torch.uint8).numpy())
+    names = [str(i) for i in range(tiles)]
+    translate_canvases(translator, canvases, names, 0)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        outputs = translate_canvases(translator, canvases, names, 0)
+    seconds = time.perf_counter() - started
+    return {"tiles_per_s": repeats * tiles / seconds, "ms_per_call": 1000 * seconds / repeats,
+            "micro_batch": translator.micro_batch, "output_shape": list(outputs[0].shape)}
+
+
+def resume_across_layouts(config: TrainConfig, device: torch.device) -> dict:
+    """A run saved in one memory layout resumed in the other (fused Adam on CUDA refuses
+    optimizer state whose strides differ from its parameters')."""
+    results = {}
+    for saved, resumed in ((False, True), (True, False)):
+        first = Pix2Pix(TrainConfig(**{**config.to_dict(), "channels_last": saved}), device)
+        first.train_step(*pairs(config.batch_size, config.image_size, device))
+        second = Pix2Pix(TrainConfig(**{**config.to_dict(), "channels_last": resumed}), device)
+        second.load_state_dict(first.state_dict())
+        parts = [second.train_step(*pairs(config.batch_size, config.image_size, device)) for _ in range(2)]
+        results[f"{'nhwc' if saved else 'nchw'}_to_{'nhwc' if resumed else 'nchw'}"] = all(
+            math.isfinite(float(v)) for p in parts for v in p.values())
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
@@ -82,12 +126,14 @@ def main() -> None:
         emit(check="device", name=torch.cuda.get_device_name(), torch=torch.__version__,
              capability=".".join(map(str, torch.cuda.get_device_capability())))
         base = TrainConfig(**{"image_size": 256, "ngf": 64, "ndf": 64})  # the paper's widths
-        batches, micro_batches, steps = (1, 16, 64), (16, 64), (5 if args.quick else 20)
+        batches, micro_batches, steps = ((1, 16) if args.quick else (1, 16, 64)), (16, 64), (5 if args.quick else 20)
+        tiles, compile_batch = GPU_TILE_BATCH, None if args.quick else 16
     else:
         emit(check="device", name="cpu", torch=torch.__version__,
              note="no CUDA device: the same checks on the CPU at toy sizes; these figures decide nothing")
         base = TrainConfig(image_size=64, ngf=8, ndf=8)
         batches, micro_batches, steps = (1, 4), (4,), 3
+        tiles, compile_batch = default_micro_batch(device), None
     precisions = sorted(native_precisions(device) - ({"fp32"} if cuda else set()))
     for precision in precisions:
         for channels_last in (True, False):
@@ -100,6 +146,18 @@ def main() -> None:
                 config = TrainConfig(**{**base.to_dict(), "precision": precision, "channels_last": channels_last})
                 emit(check="generator", precision=precision, channels_last=channels_last, micro_batch=micro_batch,
                      tiles_per_s=generator_throughput(config, device, micro_batch, repeats=steps))
+
+    best = "bf16" if "bf16" in precisions else precisions[0]
+    if compile_batch:
+        config = TrainConfig(**{**base.to_dict(), "precision": best, "batch_size": compile_batch})
+        emit(check="train_step", precision=best, channels_last=config.channels_last, batch=compile_batch,
+             compiled=True, **training_step(config, device, warmup=3, steps=steps, compiled=True))
+    for channels_last in (True, False):
+        config = TrainConfig(**{**base.to_dict(), "precision": best, "channels_last": channels_last})
+        emit(check="tile_core", precision=best, channels_last=channels_last, tiles=tiles,
+             **tile_core(config, device, tiles, repeats=steps))
+    emit(check="resume_across_layouts", **resume_across_layouts(
+        TrainConfig(**{**base.to_dict(), "precision": best, "batch_size": 2}), device))
 
     model = Pix2Pix(TrainConfig(**{**base.to_dict(), "precision": precisions[0]}), device)
     source, target = pairs(4, base.image_size, device)
