@@ -4,9 +4,10 @@ Each training worker reads its own part of every epoch straight from storage and
 in background threads of its own process: ``decode_workers`` threads (the CPUs its reservation
 leaves beside the training step, see pix2pix/distributed/train.py), one on a CPU worker, whose
 torch threads take its CPUs. Threads rather than processes: Pillow's decoders and OpenCV's
-resize release the GIL, and a process pool's copies of every pair cost more CPU than the GIL
-does (bench/ceiling_training.py). A worker that needs no other process for its data can never
-wait for a CPU that another stage holds (see pix2pix/distributed/train.py).
+resize release the GIL, and on 2 cores a process pool (torch's DataLoader) spent ~1 ms more CPU
+per pair on copies than the GIL cost the threads (bench/ceiling_training.py). A worker that needs
+no other process for its data can never wait for a CPU that another stage holds (see
+pix2pix/distributed/train.py).
 
 An epoch is the train split in a shard order fixed by (seed, epoch), each shard's rows in an
 order fixed by (seed, epoch, shard), cut into one contiguous slice per worker of exactly
