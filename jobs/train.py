@@ -35,14 +35,14 @@ def parse_args(argv=None):
     where.add_argument("--name", help="run name under --storage; the same name resumes (default: demo)")
     scale = parser.add_argument_group("scaling")
     scale.add_argument("--num-workers", type=int, default=None,
-                       help="DDP workers (default: 1 per GPU on a GPU cluster, else 1)")
+                       help="DDP workers (default: 1 per GPU of the node with the most GPUs, else 1)")
     device = scale.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="gpu", action="store_true", default=None,
                         help="train on GPUs (nccl); needed on an autoscaling cluster that starts with no GPU node")
     device.add_argument("--cpu", dest="gpu", action="store_false", help="train on CPUs (gloo)")
     scale.add_argument("--cpus-per-worker", type=float, default=None,
                        help="CPUs reserved per worker (default: on CPUs the nodes' CPUs shared among the workers, "
-                       "since each worker decodes its own data; 1 on GPUs)")
+                       "since each worker decodes its own data; on GPUs each GPU's share of its node's CPUs, less one)")
     scale.add_argument("--threads", type=int, default=None,
                        help="torch threads per worker (default: its whole CPUs; 1 on GPU)")
     scale.add_argument("--max-failures", type=int, default=3,

@@ -646,6 +646,17 @@ def test_one_worker_per_gpu_by_default(monkeypatch):
     assert train.plan_train_resources(2, None, None, None, nodes=[{"CPU": 64.0, "GPU": 8.0}]).num_workers == 2
 
 
+def test_gpu_workers_stay_on_one_node_by_default(monkeypatch):
+    """DDP's gradient all-reduce between nodes costs ~10x a step: the default is the GPUs of the
+    node with the most; more is --num-workers."""
+    from pix2pix.distributed import train
+
+    fake_cluster(monkeypatch, {"CPU": 96.0, "GPU": 12.0})
+    nodes = [{"CPU": 32.0, "GPU": 4.0}, {"CPU": 64.0, "GPU": 8.0}, {"CPU": 0.0}]
+    assert train.plan_train_resources(None, None, None, None, nodes=nodes).num_workers == 8
+    assert train.plan_train_resources(12, None, None, None, nodes=nodes).num_workers == 12
+
+
 def test_gpu_workers_reserve_their_share_of_the_nodes_cpus_and_decode_with_it(monkeypatch):
     from pix2pix.distributed import train
 

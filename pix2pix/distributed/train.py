@@ -52,12 +52,16 @@ def plan_train_resources(num_workers: int | None, gpu: bool | None, cpus_per_wor
     spread over the nodes, each worker gets an equal part of the smallest node; on GPUs each
     worker gets its GPU's share of its node's CPUs (less CPUS_LEFT_FOR_RAY), to decode its
     input with. On an autoscaling cluster with no such node yet, a worker asks for one CPU
-    (plus its GPU). ``num_workers`` None: one per GPU of the cluster (at least one), one on CPUs."""
+    (plus its GPU). ``num_workers`` None: one per GPU of the node with the most GPUs (at least
+    one), one on CPUs. Not every GPU of the cluster: DDP all-reduces ~229 MB of fp32 gradients per
+    step (ngf/ndf 64), ~0.2 s over a 10 Gb/s link between nodes against ~10-20 ms of compute,
+    while GPUs of one node exchange them over NVLink or PCIe (cluster/README.md, "Prefer several
+    GPUs in one node"). --num-workers trains across nodes when asked."""
     nodes = capacity.alive_nodes() if nodes is None else nodes
     gpus = int(ray.cluster_resources().get("GPU", 0))
     use_gpu = gpus > 0 if gpu is None else gpu
     if num_workers is None:
-        num_workers = max(1, gpus) if use_gpu else 1
+        num_workers = max(1, int(max((node.get("GPU", 0) for node in nodes), default=0))) if use_gpu else 1
     if cpus_per_worker is None:
         cpus_per_worker = gpu_worker_cpus(nodes) if use_gpu else cpu_worker_cpus(num_workers, nodes)
     if threads is None:

@@ -245,7 +245,7 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(
-        object_store_memory=max(MIN_QUEUED_BYTES, 4 * resources.max_actors * units_per_block * canvas_bytes))
+        object_store_memory=max(MIN_QUEUED_BYTES, 16 * resources.max_actors * units_per_block * canvas_bytes))
     # By default a task's outputs are merged into blocks of up to 128 MiB, so a whole shard of
     # decoded tiles would travel (and wait) as one block.
     units.context.target_max_block_size = units_per_block * canvas_bytes
