@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from pix2pix.distributed.translate import BLOCK_UNITS
 from pix2pix.tiles.tileset import TILEJSON_FILE
 from tests.reliability.fault_proxy import NO_FAULTS, FaultProxy, Schedule
 
-COLUMNS, ROWS = 8, 6
-GRID = [(x, y) for x in range(COLUMNS) for y in range(ROWS)]  # 48 tiles, 64 px, zoom 12
+# Two of the pipeline's blocks (BLOCK_UNITS tiles travel together between its stages), so that
+# the first half, columns 0-3, is written while the reads of the second half are held.
+COLUMNS, ROWS = 8, 2 * BLOCK_UNITS // 8
+GRID = [(x, y) for x in range(COLUMNS) for y in range(ROWS)]  # 128 tiles, 64 px, zoom 12
 TILES = len(GRID)
 
 RESULTS: list[dict] = []
@@ -71,7 +74,7 @@ def fault_proxy(s3_endpoint, monkeypatch):
 
 @pytest.fixture(scope="session")
 def corpus(ray_session, s3_endpoint, tmp_path_factory):
-    """The same 48 tiles locally and on S3, a tiny generator (ngf 8), and the output of an
+    """The same 128 tiles locally and on S3, a tiny generator (ngf 8), and the output of an
     uninterrupted run: what every faulty run must reproduce byte for byte."""
     import boto3
 

@@ -52,7 +52,7 @@ def test_inference_actor_and_decode_worker_killed_mid_run(corpus, fault_proxy, t
     proxy = fault_proxy(NO_FAULTS)
     proxy.hold(second_half)
     out = tmp_path / "out"
-    # 24 tiles per call: the generator is busy long enough to be caught inside a batch.
+    # HALF tiles per call: the generator is busy long enough to be caught inside a batch.
     run = Background(translate, corpus["s3"], str(out), corpus["model"], batch_size=HALF)
     written = lambda: len(visible_files(out))  # noqa: E731
     kills = {}
@@ -168,6 +168,6 @@ def test_driver_killed_at_half_then_rerun_writes_only_the_missing_tiles(corpus, 
     assert not hidden_files(out)
     for text in (logs.read_text(), rerun.stdout, rerun.stderr):
         assert S3_SECRET_KEY not in text
-    record("translate: driver process group SIGKILLed at 24/48 tiles",
+    record(f"translate: driver process group SIGKILLed at {HALF}/{TILES} tiles",
            "rerun planned 24 skipped + 24 missing; output byte-identical to an uninterrupted run",
            "none (the 24 written tiles kept, the rest rewritten)", recovered)
