@@ -169,5 +169,5 @@ def test_driver_killed_at_half_then_rerun_writes_only_the_missing_tiles(corpus, 
     for text in (logs.read_text(), rerun.stdout, rerun.stderr):
         assert S3_SECRET_KEY not in text
     record(f"translate: driver process group SIGKILLed at {HALF}/{TILES} tiles",
-           "rerun planned 24 skipped + 24 missing; output byte-identical to an uninterrupted run",
-           "none (the 24 written tiles kept, the rest rewritten)", recovered)
+           f"rerun planned {HALF} skipped + {TILES - HALF} missing; output byte-identical to an uninterrupted run",
+           f"none (the {HALF} written tiles kept, the rest rewritten)", recovered)
