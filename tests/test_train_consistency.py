@@ -156,6 +156,7 @@ def run_rank(rank: int, port: int, results) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes, each importing the worker loop (and so Ray): ~7-17 s
 def test_a_worker_whose_data_ends_early_stops_every_worker_with_a_dataset_error():
     context = multiprocessing.get_context("spawn")  # a fresh process: no Ray, no threads inherited
     results = context.Queue()
