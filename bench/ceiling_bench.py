@@ -30,14 +30,13 @@ import posixpath
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.translate_bench import RECIFE, slice_scenes  # noqa: E402
+from bench.translate_bench import RECIFE, run_sampled, slice_scenes  # noqa: E402
 
 MICRO_BATCH = 8  # the CPU's generator call
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -179,6 +178,8 @@ def steady_window(samples: list[tuple[float, int, dict]], total: int) -> dict:
     low = next(s for s in samples if s[1] >= 0.1 * total)
     high = next(s for s in samples if s[1] >= 0.9 * total)
     tiles, seconds = high[1] - low[1], high[0] - low[0]
+    if tiles == 0 or seconds <= 0:
+        raise SystemExit(f"{total} tiles were written too fast to measure a steady rate: use more --copies")
     roles = {role: 1000 * (high[2].get(role, 0.0) - low[2].get(role, 0.0)) / tiles for role in high[2]}
     return {"tiles_per_s": tiles / seconds, "cpu_ms_per_tile": sum(roles.values()), "roles": roles}
 
@@ -201,23 +202,14 @@ def _job(repo: Path, input_dir: Path, output_dir: Path, export: str, total: int,
     command = [sys.executable, str(repo / "jobs" / "translate.py"), "--input", str(input_dir),
                "--output", str(output_dir), "--checkpoint", export, *flags]
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
-    samples: list[tuple[float, int, float]] = []
+    samples: list[tuple[float, int, dict]] = []
     seen: dict[int, tuple[str, float]] = {}
 
-    def sample():
-        while process.poll() is None:
-            samples.append((time.monotonic(), count_files(output_dir), tree_cpu_seconds(process.pid, seen)))
-            time.sleep(0.5)
+    def sample(pid: int) -> None:
+        samples.append((time.monotonic(), count_files(output_dir), tree_cpu_seconds(pid, seen)))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, _ = process.communicate()
-    sampler.join()
-    if process.returncode:
-        raise SystemExit(f"translate {' '.join(flags)} failed with exit code {process.returncode}")
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = run_sampled(command, sample, 0.5, f"translate {' '.join(flags)}", cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
     window = steady_window(samples, total) if summary["written"] else {}
     cpu: dict[str, float] = {}
     for role, seconds in seen.values():

@@ -215,23 +215,33 @@ def process_tree_pss(root_pid: int) -> int:
     return total
 
 
-def child(kind: str, *args) -> dict:
-    command = [sys.executable, __file__, "--child", kind, *map(str, args)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = [0]
+def run_sampled(command: list[str], sample, interval: float, what: str, **popen) -> dict:
+    """Run ``command`` to its end, calling ``sample(pid)`` every ``interval`` s meanwhile; the
+    JSON of its last line of output."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **popen)
 
-    def sample():  # every 2 s: reading smaps is not free, and the runs are minutes long
+    def sampling():
         while process.poll() is None:
-            peak[0] = max(peak[0], process_tree_pss(process.pid))
-            time.sleep(2)
+            sample(process.pid)
+            time.sleep(interval)
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=sampling, daemon=True)
     sampler.start()
     stdout, _ = process.communicate()
     sampler.join()
     if process.returncode:
-        raise SystemExit(f"{kind} run failed with exit code {process.returncode}")
-    result = json.loads(stdout.strip().splitlines()[-1])
+        raise SystemExit(f"{what} failed with exit code {process.returncode}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def child(kind: str, *args) -> dict:
+    peak = [0]
+
+    def sample(pid: int) -> None:
+        peak[0] = max(peak[0], process_tree_pss(pid))
+
+    # every 2 s: reading smaps is not free, and the runs are minutes long
+    result = run_sampled([sys.executable, __file__, "--child", kind, *map(str, args)], sample, 2, f"{kind} run")
     result["peak_pss_mib"] = peak[0] / 2**20
     return result
 
