@@ -60,9 +60,10 @@ IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
 # read actor came to it: the run's total was known near its end.
 PLAN_CPUS = 0.25
 # Tiles per block between the stages, whatever the generator's call: each block costs every
-# stage a task, a round trip through the object store and the driver's bookkeeping (~10 ms of
-# CPU in all), which at 8 tiles a block was most of the CPU the pipeline spent around the model
-# (bench/README.md, GPU ceiling). 64 tiles are ~12 MB of canvases.
+# stage a task, a round trip through the object store and the driver's bookkeeping (~100 ms of
+# CPU over all processes, measured at 8 tiles a block), which at 8 tiles a block was most of the
+# CPU the pipeline spent around the model (bench/README.md, GPU ceiling). 64 tiles are ~12 MB of
+# canvases.
 BLOCK_UNITS = 64
 MIN_QUEUED_BYTES = 256 * 2**20
 
