@@ -140,6 +140,31 @@ def s3_filesystem() -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**options)
 
 
+def gdal_settings() -> dict[str, str]:
+    """The AWS environment as GDAL's own configuration options, for ``rasterio.Env(**...)``:
+    GDAL reads rasters on S3 by range requests but ignores AWS_ENDPOINT_URL, takes the endpoint
+    as a bare host, and needs path-style addressing on S3-compatible servers. Credentials are
+    not copied: GDAL reads AWS_ACCESS_KEY_ID and friends from the environment itself."""
+    settings = {
+        "GDAL_HTTP_MAX_RETRY": str(max_attempts() - 1),
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+        "GDAL_HTTP_CONNECTTIMEOUT": "10",
+        "GDAL_HTTP_TIMEOUT": "60",
+        # Opening s3://bucket/scene.tif would otherwise list the whole prefix, looking for sidecars.
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint if "://" in endpoint else "https://" + endpoint)
+        settings["AWS_S3_ENDPOINT"] = parsed.netloc
+        settings["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
+        settings["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region or endpoint:
+        settings["AWS_REGION"] = region or "us-east-1"
+    return settings
+
+
 def max_attempts() -> int:
     """The S3 retry budget: AWS_MAX_ATTEMPTS (the standard AWS variable), else 10."""
     value = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()

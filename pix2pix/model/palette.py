@@ -25,7 +25,10 @@ RECIFE_PALETTE: Palette = {
     "other": (255, 255, 255),
     "wetland": (0, 255, 255),
 }
-MAX_CLASSES = 256  # what an 8-bit paletted PNG can hold
+# An 8-bit paletted PNG holds 256 indices; the last is reserved for nodata (pixels outside every
+# source raster, or masked there), transparent in tiles and the class COG's nodata value.
+NODATA_CLASS = 255
+MAX_CLASSES = NODATA_CLASS
 
 
 class PaletteError(JobError):
@@ -36,7 +39,8 @@ def parse_palette(raw, origin: str = "palette") -> Palette:
     if not isinstance(raw, dict) or not raw:
         raise PaletteError(f'{origin} must be a non-empty JSON object {{"class": [r, g, b], ...}}')
     if len(raw) > MAX_CLASSES:
-        raise PaletteError(f"{origin} has {len(raw)} classes; at most {MAX_CLASSES} fit in a paletted PNG")
+        raise PaletteError(f"{origin} has {len(raw)} classes; at most {MAX_CLASSES} fit in a paletted PNG "
+                           f"beside the nodata index")
     palette = {}
     for name, colour in raw.items():
         valid = isinstance(colour, (list, tuple)) and len(colour) == 3 and all(
@@ -57,13 +61,19 @@ def palette_to_json(palette: Palette) -> dict[str, list[int]]:
 
 def encode_paletted_png(classes: np.ndarray, palette: Palette, compress_level: int = 6) -> bytes:
     """An (H, W) uint8 array of class indices (palette order) as an 8-bit paletted PNG: decoded
-    to RGB it is the snapped image, pixel for pixel."""
+    to RGB it is the snapped image, pixel for pixel. Pixels at NODATA_CLASS are transparent
+    (a tRNS chunk, written only when there are some, so full tiles keep their bytes)."""
     if classes.dtype != np.uint8 or classes.ndim != 2:
         raise ValueError(f"expected (H, W) uint8 class indices, got {classes.shape} {classes.dtype}")
     image = Image.fromarray(classes)
-    image.putpalette([value for colour in palette.values() for value in colour])
+    colours = [value for colour in palette.values() for value in colour]
+    options = {}
+    if (classes == NODATA_CLASS).any():  # a full 256-entry palette, else Pillow packs the indices
+        colours += [0] * (3 * 256 - len(colours))
+        options["transparency"] = NODATA_CLASS
+    image.putpalette(colours)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
+    image.save(buffer, format="PNG", compress_level=compress_level, **options)
     return buffer.getvalue()
 
 
