@@ -53,11 +53,29 @@ def test_translator_snaps_every_pixel_to_its_nearest_palette_colour():
     assert not np.array_equal(snapped, raw)
 
 
-def test_a_palette_must_fit_in_a_paletted_png():
-    too_many = {f"class{i}": [i // 256, i % 256, 0] for i in range(257)}
-    with pytest.raises(PaletteError, match="at most 256"):
+def test_a_palette_must_fit_in_a_paletted_png_beside_the_nodata_index():
+    too_many = {f"class{i}": [i // 256, i % 256, 0] for i in range(256)}
+    with pytest.raises(PaletteError, match="at most 255"):
         parse_palette(too_many)
-    assert len(parse_palette(dict(list(too_many.items())[:256]))) == 256
+    assert len(parse_palette(dict(list(too_many.items())[:255]))) == 255
+
+
+def test_nodata_pixels_are_transparent_and_full_tiles_keep_their_bytes():
+    import io
+
+    from PIL import Image
+
+    from pix2pix.model.palette import NODATA_CLASS, encode_paletted_png
+
+    classes = np.full((8, 8), 3, np.uint8)
+    full = encode_paletted_png(classes, RECIFE_PALETTE)
+    assert "transparency" not in Image.open(io.BytesIO(full)).info
+    classes[:2] = NODATA_CLASS
+    decoded = Image.open(io.BytesIO(encode_paletted_png(classes, RECIFE_PALETTE)))
+    assert (np.asarray(decoded) == classes).all()  # indices survive, nodata included
+    rgba = np.asarray(decoded.convert("RGBA"))
+    assert (rgba[:2, :, 3] == 0).all() and (rgba[2:, :, 3] == 255).all()
+    assert tuple(rgba[4, 4, :3]) == RECIFE_PALETTE["road"]
 
 
 def test_paletted_png_decodes_to_the_snapped_image_in_fewer_bytes():
