@@ -84,15 +84,7 @@ def prepare(
     paths = {(spec.split, spec.key): spec.image_path or spec.source_path for spec in specs}
     skipped += [Skipped(paths[row["split"], row["key"]], row["error"]) for row in failed]
 
-    counts = {}
-    for split in sorted({spec.split for spec in specs}):
-        rows = loaded.filter(expr=(col("split") == split) & col("error").is_null()).select_columns(SHARD_SCHEMA.names)
-        counts[split] = rows.count()
-        if counts[split]:
-            rows.write_parquet(
-                output.join(split).path, filesystem=output.filesystem, min_rows_per_file=rows_per_shard,
-                mode=ray.data.SaveMode.OVERWRITE,
-            )
+    counts = write_splits(loaded, sorted({spec.split for spec in specs}), output, rows_per_shard)
     info = {"layout": specs[0].layout, "direction": direction, "pairs": counts, "input": input_uri}
     storage.write_text(output.join(DATASET_INFO_FILE), json.dumps(info, indent=2))
     return {
@@ -102,6 +94,21 @@ def prepare(
         "output": output_uri,
     }
 
+
+def write_splits(loaded: ray.data.Dataset, splits: list[str], output: storage.Location,
+                 rows_per_shard: int) -> dict[str, int]:
+    """Each split's rows of ``loaded`` (ROW_SCHEMA) without an error as shards under OUTPUT/<split>/;
+    returns the rows written per split."""
+    counts = {}
+    for split in splits:
+        rows = loaded.filter(expr=(col("split") == split) & col("error").is_null()).select_columns(SHARD_SCHEMA.names)
+        counts[split] = rows.count()
+        if counts[split]:
+            rows.write_parquet(
+                output.join(split).path, filesystem=output.filesystem, min_rows_per_file=rows_per_shard,
+                mode=ray.data.SaveMode.OVERWRITE,
+            )
+    return counts
 
 
 def prepare_demo(pairs: int = 300) -> dict:

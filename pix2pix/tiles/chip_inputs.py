@@ -1,0 +1,137 @@
+"""The rasters training chips are cut from: finding them (files or prefixes, local or s3://),
+opening them with GDAL's S3 settings, and checking them before anything is written.
+
+An image raster is uint8 RGB: 3 bands, 3 bands and a mask (or nodata value), or 4 with alpha.
+A label raster is uint8 too: one band of class indices with a colour table, or a 3-band RGB map.
+Both need a CRS and a geotransform; a label raster must overlap the image it labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.fs as pafs
+import rasterio
+from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.warp import transform_bounds
+
+from pix2pix import storage
+from pix2pix.errors import JobError
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+IMAGE, CLASSES, RGB = "image", "classes", "rgb"
+
+
+class RasterInputError(JobError):
+    """An input raster that cannot be used: missing, not a raster, not georeferenced, the wrong
+    bands, or labels that do not overlap the image."""
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What the planning needs of one raster (its header only)."""
+
+    uri: str  # what rasterio opens: a local path or s3://bucket/key
+    name: str  # the first part of its chips' keys: the file's stem, or its path under the given prefix
+    kind: str  # IMAGE, CLASSES or RGB
+    crs: rasterio.crs.CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+
+@contextlib.contextmanager
+def open_raster(uri: str) -> Iterator[rasterio.DatasetReader]:
+    """A raster opened for reading, local or on S3 (GDAL reads the AWS environment)."""
+    with rasterio.Env(**storage.gdal_settings()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # checked, and said better, by describe
+                dataset = rasterio.open(uri)
+        except RasterioError as error:
+            raise RasterInputError(f"cannot open {uri} as a raster: {storage.redact(str(error))}") from None
+        with dataset:
+            yield dataset
+
+
+def find_rasters(uris: list[str], role: str) -> list[tuple[str, str]]:
+    """(URI for rasterio, key name) of each raster given as a file or found under a prefix."""
+    found = []
+    for uri in uris:
+        location = storage.resolve(uri)
+        info = storage.file_info(location.filesystem, location.path)
+        if info.type == pafs.FileType.File:
+            found.append((location.uri_of(location.path), posixpath.splitext(posixpath.basename(location.path))[0]))
+        elif info.type == pafs.FileType.Directory:
+            paths = sorted(storage.list_files(location, RASTER_SUFFIXES))
+            if not paths:
+                raise RasterInputError(f"no {role} rasters ({', '.join(RASTER_SUFFIXES)}) under {uri}")
+            found += [(location.uri_of(path), posixpath.splitext(posixpath.relpath(path, location.path))[0])
+                      for path in paths]
+        else:
+            raise RasterInputError(f"{role} raster not found: {uri}")
+    return found
+
+
+def describe(uri: str, name: str, role: str) -> RasterInfo:
+    """The raster's header, checked for its role ("image" or "labels")."""
+    with open_raster(uri) as dataset:
+        if dataset.crs is None:
+            raise RasterInputError(f"{uri} has no CRS: chips are placed by their coordinates")
+        if dataset.transform.is_identity and not dataset.gcps[0]:
+            raise RasterInputError(f"{uri} has no geotransform: chips are placed by their coordinates")
+        if set(dataset.dtypes) != {"uint8"}:
+            raise RasterInputError(f"{uri} holds {dataset.dtypes[0]} pixels; expected uint8")
+        kind = image_kind(dataset) if role == "image" else label_kind(dataset)
+        return RasterInfo(uri, name, kind, dataset.crs, dataset.transform, dataset.width, dataset.height)
+
+
+def image_kind(dataset) -> str:
+    alpha = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
+    if dataset.count != 3 and not alpha:
+        raise RasterInputError(f"{dataset.name} has {dataset.count} bands; an image raster needs RGB "
+                               "(3 bands, with a mask or nodata if it has gaps, or 4 with alpha)")
+    return IMAGE
+
+
+def label_kind(dataset) -> str:
+    if dataset.count == 3:
+        return RGB
+    if dataset.count == 1:
+        colour_table(dataset)
+        return CLASSES
+    raise RasterInputError(f"{dataset.name} has {dataset.count} bands; a label raster needs 1 band of class "
+                           "indices with a colour table, or 3 (an RGB map)")
+
+
+def colour_table(dataset) -> np.ndarray:
+    """(256, 3) uint8: the RGB colour of each class index of a one-band label raster."""
+    try:
+        table = dataset.colormap(1)
+    except ValueError:
+        raise RasterInputError(f"{dataset.name} has one band but no colour table: give the class colours "
+                               "in the raster (e.g. gdalattachpct.py) or an RGB map") from None
+    colours = np.zeros((256, 3), np.uint8)
+    for index, rgba in table.items():
+        colours[index] = rgba[:3]
+    return colours
+
+
+def footprint(raster: RasterInfo, crs) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of the raster in ``crs``."""
+    left, top = raster.transform * (0, 0)
+    right, bottom = raster.transform * (raster.width, raster.height)
+    corners = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    return corners if raster.crs == crs else transform_bounds(raster.crs, crs, *corners, densify_pts=21)
+
+
+def overlaps(image: RasterInfo, labels: RasterInfo) -> bool:
+    left, bottom, right, top = footprint(image, image.crs)
+    other_left, other_bottom, other_right, other_top = footprint(labels, image.crs)
+    return other_left < right and left < other_right and other_bottom < top and bottom < other_top
