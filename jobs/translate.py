@@ -6,6 +6,15 @@ Keys are kept: INPUT/17/38591/49283.jpg becomes OUTPUT/17/38591/49283.png. Tiles
 OUTPUT are skipped, so a stopped run is resumed by running it again. Failed tiles are listed
 in OUTPUT/_failures/*.parquet. Ends with one JSON line: tiles, written, skipped, failed,
 seconds, tiles_per_s (written tiles per second), then details.
+
+--input may also be georeferenced rasters (GeoTIFF/COG, RGB uint8, RGBA or RGB with an internal
+mask): a .tif/.tiff file, a .txt list of raster URIs (one a line, local or s3://), or a folder or
+prefix whose top level holds .tif/.tiff files, the first with a CRS (a folder of z/x/y tiles
+stays tile input). The Web Mercator XYZ tiles covering their footprint at --zoom are written as
+OUTPUT/z/x/y.png; where rasters overlap, the first wins (a folder's in key order, a list's in
+its order). Pixels outside every raster or masked are nodata: transparent (PNG, WebP), black
+(JPEG, which has no alpha), or the palette's nodata index; a tile with none valid is not
+written (counted as "empty").
 With no flags, translates the demo tiles with the demo run's latest checkpoint.
 """
 
@@ -30,15 +39,20 @@ DEMO_PREVIEW = demo_paths.DEMO_TRANSLATED + "-preview.png"
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     where = parser.add_argument_group("what to translate")
-    where.add_argument("--input", help="prefix holding the source tiles: local folder, file:// or s3:// URI")
+    where.add_argument("--input", help="prefix holding the source tiles: local folder, file:// or s3:// URI; or "
+                       "rasters: a .tif/.tiff file, a .txt list of them, or a folder or prefix of them")
     where.add_argument("--output", help="prefix the translated tiles are written under, same relative keys")
     where.add_argument("--checkpoint", help="generator export, Ray Train checkpoint dir, or run dir "
                        "(its latest complete checkpoint), local or s3://")
     where.add_argument("--manifest", help="Parquet or CSV file (or folder) with a 'key' column of keys "
                        "relative to --input: translate these instead of listing the input")
     where.add_argument("--bbox", help="W,S,E,N in degrees: only the XYZ tiles INPUT/ZOOM/x/y.* covering this "
-                       "box (needs --zoom); write --bbox=W,S,E,N when W starts with '-'")
-    where.add_argument("--zoom", type=int, help="zoom level of --bbox")
+                       "box (needs --zoom), or the part of the rasters' footprint in it; write --bbox=W,S,E,N "
+                       "when W starts with '-'")
+    where.add_argument("--zoom", type=int, help="zoom level of --bbox; with rasters, of the tiles written "
+                       "(default: the one whose pixels are closest to the finest raster's, said on stderr)")
+    where.add_argument("--max-tiles", type=int, default=1_000_000,
+                       help="with rasters: refuse a run that plans more tiles than this")
     how = parser.add_argument_group("how")
     how.add_argument("--format", dest="image_format", choices=tuple(OUTPUT_EXTENSIONS), default="png",
                      help="output encoding")
@@ -90,24 +104,25 @@ def parse_args(argv=None):
         parser.error("give --input, --output and --checkpoint together, or no flags for the demo")
     if not any(named) and (args.manifest or args.bbox):
         parser.error("--manifest and --bbox need --input, --output and --checkpoint")
-    if (args.bbox is None) != (args.zoom is None):
-        parser.error("--bbox and --zoom go together")
     if args.bbox and args.manifest:
         parser.error("give --bbox or --manifest, not both")
     if args.bbox:
-        from pix2pix.tiles.xyz import MAX_ZOOM, parse_bbox
+        from pix2pix.tiles.xyz import parse_bbox
 
         try:
             args.bbox = parse_bbox(args.bbox)
         except JobError as error:
             parser.error(str(error))
+    if args.zoom is not None:
+        from pix2pix.tiles.xyz import MAX_ZOOM
+
         if not 0 <= args.zoom <= MAX_ZOOM:
             parser.error(f"--zoom must be in 0..{MAX_ZOOM}")
     if args.actors is not None:
         if args.min_actors is not None or args.max_actors is not None:
             parser.error("give --actors or --min-actors/--max-actors, not both")
         args.min_actors = args.max_actors = args.actors
-    for name in ("image_size", "threads", "batch_size", "min_actors", "max_actors"):
+    for name in ("image_size", "threads", "batch_size", "min_actors", "max_actors", "max_tiles"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -5,6 +5,8 @@
 
 The stages are in translate_stages; this module checks a run, sizes the actor pool, builds
 the pipeline, tallies the status rows and writes the failed ones to OUTPUT/_failures/.
+Raster input (pix2pix.tiles.rasters) is planned from the rasters' footprints on the driver,
+and its windows are warped from them in the read stage.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pix2pix.errors import JobError
 from pix2pix.model.networks import MAX_IMAGE_SIZE, check_image_size
 from pix2pix.model.precision import inference_precision
 from pix2pix.palette_files import output_palette
+from pix2pix.tiles import rasters
 from pix2pix.tiles.canvases import context_margin
 from pix2pix.tiles.plan import (
     BLOCK_TILES,
@@ -43,15 +46,20 @@ from pix2pix.tiles.plan import (
     PlanSettings,
     Shard,
     bbox_shards,
+    bbox_tile_range,
     discover_shards,
+    footprint_columns,
     manifest_context_shards,
     manifest_parts,
+    raster_shards,
     read_manifest_part,
+    selected_tile_count,
 )
 from pix2pix.tiles.preview import PreviewSamples, write_preview
 from pix2pix.tiles.rows import UNIT_SCHEMA
 from pix2pix.tiles.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
 from pix2pix.tiles.translator import default_micro_batch
+from pix2pix.tiles.xyz import MAX_ZOOM
 
 FAILURES_DIR = "_failures"
 IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
@@ -66,6 +74,7 @@ PLAN_CPUS = 0.25
 # canvases.
 BLOCK_UNITS = 64
 MIN_QUEUED_BYTES = 256 * 2**20
+MAX_TILES = 1_000_000  # a raster plan above this needs --max-tiles: a zoom too fine by 2 is 16x the tiles
 
 FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string())])
 
@@ -99,6 +108,7 @@ class TranslateOptions:
     overwrite: bool = False
     preview: str | None = None
     verbose: bool = False               # Ray Data's own progress bars and logs
+    max_tiles: int = MAX_TILES          # raster input: the most tiles a run may plan
 
 
 
@@ -157,11 +167,25 @@ class Run:
     manifest_parts: list | None = None
     palette: dict | None = None
     trained_precision: str | None = None
+    raster: RasterPlan | None = None
+
+
+@dataclass(frozen=True)
+class RasterPlan:
+    """Raster input: the checked rasters (priority order), the zoom, the footprint's columns
+    (x -> y ranges) and the --bbox selection [x0, x1, y0, y1] (None: all)."""
+
+    sources: list[rasters.Source]
+    zoom: int
+    columns: dict
+    selection: list[int] | None
+    tiles: int
 
 
 def check_run(options: TranslateOptions) -> Run:
     input_root, output = storage.resolve(options.input), storage.resolve(options.output)
-    _check_locations(input_root, output, options)
+    uris = rasters.find_rasters(options.input)
+    _check_locations(input_root, output, options, uris is not None)
     manifest = storage.resolve(options.manifest) if options.manifest else None
     parts = manifest_parts(manifest) if manifest else None
     export = checkpoint.find_export(options.checkpoint)
@@ -176,7 +200,30 @@ def check_run(options: TranslateOptions) -> Run:
         raise TranslateError(f"--image-size: {error}") from None
     margin = context_margin(options.context, image_size, info.generator.depth)
     settings = PlanSettings(image_format=options.image_format, margin=margin, overwrite=options.overwrite)
-    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette, info.precision)
+    raster = plan_rasters(uris, options, image_size) if uris is not None else None
+    return Run(input_root, output, export.uri, image_size, margin, settings, manifest, parts, palette, info.precision,
+               raster)
+
+
+def plan_rasters(uris: list[str], options: TranslateOptions, image_size: int) -> RasterPlan:
+    """Check the rasters, choose the zoom (said on stderr) and count the tiles to plan."""
+    sources = rasters.open_sources(uris)
+    zoom = options.zoom if options.zoom is not None else rasters.default_zoom(sources, image_size, MAX_ZOOM)
+    latitude = (min(s.lonlat[1] for s in sources) + max(s.lonlat[3] for s in sources)) / 2
+    finest = min(s.resolution for s in sources) * math.cos(math.radians(latitude))
+    print(f"translate: zoom {zoom}{'' if options.zoom is not None else ' (default)'}: "
+          f"{rasters.ground_resolution(zoom, image_size, latitude):.2f} m per pixel on the ground at latitude "
+          f"{latitude:.2f} (the finest raster: {finest:.2f} m)", file=sys.stderr, flush=True)
+    columns = footprint_columns([source.lonlat for source in sources], zoom)
+    selection = None
+    if options.bbox:
+        tile_range = bbox_tile_range(options.bbox, zoom)
+        selection = list(tile_range) if tile_range else [1, 0, 1, 0]  # nothing
+    tiles = selected_tile_count(columns, selection)
+    if tiles > options.max_tiles:
+        raise TranslateError(f"zoom {zoom} plans {tiles} tiles over the rasters, more than --max-tiles "
+                             f"{options.max_tiles}: give a lower --zoom, a --bbox, or --max-tiles {tiles}")
+    return RasterPlan(sources, zoom, columns, selection, tiles)
 
 
 @dataclass
@@ -235,6 +282,9 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     units_per_block = 1 if run.margin else max(BLOCK_UNITS, units_per_call)
     canvas_bytes = 3 * (run.image_size * (BLOCK_TILES if run.margin else 1) + 2 * run.margin) ** 2
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=resources.io_actors)
+    read_kwargs = {"input_root": run.input_root, "image_size": run.image_size, "on_size": options.on_size}
+    if run.raster:
+        read_kwargs["rasters"] = True
 
     shards = _shards(options, run)
     counts = defaultdict(int)
@@ -252,8 +302,7 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     units.context.target_max_block_size = units_per_block * canvas_bytes
     statuses = (
         units.map_batches(ReadStage, batch_size=units_per_block, batch_format="pyarrow", num_cpus=IO_CPUS,
-                          compute=io_pool, fn_constructor_kwargs={
-                              "input_root": run.input_root, "image_size": run.image_size, "on_size": options.on_size})
+                          compute=io_pool, fn_constructor_kwargs=read_kwargs)
         .map_batches(
             GeneratorStage, batch_size=units_per_call, batch_format="pyarrow",
             fn_constructor_kwargs={
@@ -289,7 +338,7 @@ def summarise(options: TranslateOptions, run: Run, pipeline: Pipeline, outcome: 
     """The job's JSON summary."""
     counts, first, finished, resources = outcome.counts, outcome.first, outcome.finished, pipeline.resources
     seconds = time.monotonic() - started
-    tiles = counts["written"] + counts["skipped"] + counts["failed"]
+    tiles = counts["written"] + counts["skipped"] + counts["failed"] + counts["empty"]
     steady = (counts["written"] - first[1]) / (finished - first[0]) if first and finished > first[0] else None
     return {
         "tiles": tiles, "written": counts["written"], "skipped": counts["skipped"], "failed": counts["failed"],
@@ -305,7 +354,8 @@ def summarise(options: TranslateOptions, run: Run, pipeline: Pipeline, outcome: 
         "read_ratio": round(counts["bytes_read"] / counts["tile_bytes"], 3) if counts["tile_bytes"] else None,
         "preview": options.preview,
         "tilejson": tiles_json, "xyz": template,
-    }
+    } | ({"empty": counts["empty"], "zoom": run.raster.zoom, "rasters": len(run.raster.sources)} if run.raster
+         else {})
 
 
 def write_tilejson(run: Run) -> tuple[str | None, str | None]:
@@ -325,9 +375,16 @@ def write_tilejson(run: Run) -> tuple[str | None, str | None]:
     return location.uri, template
 
 
-def _check_locations(input_root, output, options: TranslateOptions) -> None:
-    if not options.manifest and not storage.is_dir(input_root):
-        raise TranslateError(f"input not found or not a folder: {options.input}")
+def _check_locations(input_root, output, options: TranslateOptions, raster_input: bool) -> None:
+    if raster_input:
+        for flag, given in (("--manifest", options.manifest), ("--preview", options.preview)):
+            if given:
+                raise TranslateError(f"{flag} needs XYZ tile input; {options.input} is raster input")
+    else:
+        if not options.manifest and not storage.is_dir(input_root):
+            raise TranslateError(f"input not found or not a folder: {options.input}")
+        if (options.bbox is None) != (options.zoom is None):
+            raise TranslateError("with XYZ tile input, --bbox and --zoom go together")
     if type(input_root.filesystem) is type(output.filesystem) and (
             output.path == input_root.path or output.path.startswith(input_root.path.rstrip("/") + "/")):
         raise TranslateError("--output must not be the input or inside it (outputs would be listed as inputs)")
@@ -348,6 +405,9 @@ def _check_writable(output: storage.Location, uri: str) -> None:
 
 def _shards(options, run: Run) -> list[Shard]:
     settings = run.settings
+    if run.raster:
+        plan = run.raster
+        return raster_shards(plan.sources, plan.columns, plan.zoom, plan.selection, settings)
     if run.manifest_parts and settings.margin == 0:
         return [ManifestShard(part) for part in run.manifest_parts]
     if run.manifest_parts:
@@ -376,7 +436,7 @@ def _tally(batch: pa.Table, counts, failures: FailureLog, samples: PreviewSample
         counts[status] += count
         if status == "failed":
             failures.add(key, reason)
-        else:
+        elif status != "empty":
             samples.offer(key)
     failures.flush()
 

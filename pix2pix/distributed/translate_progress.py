@@ -37,7 +37,7 @@ class PlanTally:
 
 class TranslateProgress:
     """``with TranslateProgress(shards, counts):`` prints until the block ends; ``counts`` is
-    the driver's live tally (written, skipped, failed)."""
+    the driver's live tally (written, skipped, failed, empty)."""
 
     def __init__(self, shards: int, counts: dict, stream=None):
         self.shards, self.counts = shards, counts
@@ -79,7 +79,7 @@ class TranslateProgress:
                 self._say(f"translate: progress goes on without the planned total (its tally actor is gone: "
                           f"{type(error).__name__})")
         planned_shards, planned_tiles, _ = self._planned
-        done = sum(self.counts.get(status, 0) for status in ("written", "skipped", "failed"))
+        done = sum(self.counts.get(status, 0) for status in ("written", "skipped", "failed", "empty"))
         written, now = self.counts.get("written", 0), time.monotonic()
         if self._first is None and written:
             self._first = (now, written)

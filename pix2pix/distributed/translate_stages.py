@@ -20,14 +20,15 @@ import pyarrow as pa
 
 from pix2pix import checkpoint, storage
 from pix2pix.images import BadImage, decode_image, encode_image
-from pix2pix.model.palette import encode_paletted_png
+from pix2pix.model.palette import NODATA_CLASS, encode_paletted_png
 from pix2pix.model.precision import inference_precision, set_threads
-from pix2pix.tiles.canvases import assemble_canvas, crop_tile, fit_tile, tile_pixel_limit
+from pix2pix.tiles.canvases import assemble_canvas, crop_tile, fill_invalid, fit_tile, tile_pixel_limit
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.rows import CANVAS_SCHEMA, Status, binary_column, pixel_views, to_table
 from pix2pix.tiles.translator import Translator, translate_canvases
 
 PIXELS = CANVAS_SCHEMA.get_field_index("pixels")
+VALID = CANVAS_SCHEMA.get_field_index("valid")
 IO_THREADS = 16  # concurrent reads/writes per task: object stores answer in tens of ms
 # zlib level of RGB PNG tiles: level 1 encodes a generator's raw output several times faster
 # than the usual 6 for a few percent more bytes (bench/README.md, City output); next to a GPU,
@@ -68,7 +69,7 @@ def load_units(batch: pa.Table, input_root, image_size: int, on_size: str) -> pa
 
 
 def _load_unit(unit: dict, contents: dict, image_size: int, on_size: str) -> tuple[dict, np.ndarray | None]:
-    row = dict(unit, failed=[], bytes_read=0, tile_bytes=0)
+    row = dict(unit, failed=[], empty=[], bytes_read=0, tile_bytes=0)
     images = {}
     max_pixels = tile_pixel_limit(image_size)
     for tile in unit["tiles"]:
@@ -91,13 +92,53 @@ def _load_unit(unit: dict, contents: dict, image_size: int, on_size: str) -> tup
     return row, canvas
 
 
-class ReadStage:
-    """Read + decode actor."""
+def load_raster_units(batch: pa.Table, image_size: int) -> pa.Table:
+    """Raster units -> canvases: each unit's window warped from its rasters (concurrently)."""
+    rows, canvases, valids = zip(*_pool().map(lambda unit: _load_raster_unit(unit, image_size),
+                                              batch.to_pylist())) if len(batch) else ((), (), ())
+    table = pa.Table.from_pylist(list(rows), schema=CANVAS_SCHEMA)
+    table = table.set_column(PIXELS, "pixels", binary_column(list(canvases)))
+    return table.set_column(VALID, "valid", binary_column(list(valids)))
 
-    def __init__(self, input_root, image_size: int, on_size: str):
-        self.input_root, self.image_size, self.on_size = input_root, image_size, on_size
+
+def _load_raster_unit(unit: dict, image_size: int) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    from rasterio.errors import RasterioError
+
+    from pix2pix.tiles.rasters import read_window, unit_window
+
+    row = dict(unit, failed=[], empty=[], bytes_read=0, tile_bytes=0)
+    if unit["reason"] or not any(tile["write"] for tile in unit["tiles"]):
+        return row, None, None
+    first = unit["tiles"][0]
+    bounds, width, height = unit_window(first["key"], first["col"], first["row"], unit["columns"], unit["rows"],
+                                        unit["margin"], image_size)
+    try:
+        pixels, valid = read_window(unit["sources"], bounds, width, height)
+    except RasterioError as error:  # corrupt data in this window: its tiles fail, the job goes on
+        reason = storage.redact(f"cannot read the rasters here: {error}")
+        row["failed"] = [{"key": tile["key"], "reason": reason} for tile in unit["tiles"] if tile["write"]]
+        return row, None, None
+    for tile in unit["tiles"]:
+        if tile["write"] and not crop_tile(valid, tile["col"], tile["row"], image_size, unit["margin"]).any():
+            row["empty"].append(tile["key"])
+            tile["write"] = False
+    if not any(tile["write"] for tile in unit["tiles"]):
+        return row, None, None
+    row.update(height=height, width=width)
+    if valid.all():
+        return row, pixels, None
+    return row, fill_invalid(pixels, valid), valid.view(np.uint8)
+
+
+class ReadStage:
+    """Read + decode actor (or, for raster input, warped-read actor)."""
+
+    def __init__(self, input_root, image_size: int, on_size: str, rasters: bool = False):
+        self.input_root, self.image_size, self.on_size, self.rasters = input_root, image_size, on_size, rasters
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.rasters:
+            return load_raster_units(batch, self.image_size)
         return load_units(batch, self.input_root, self.image_size, self.on_size)
 
 
@@ -135,28 +176,37 @@ class WriteStage:
 
 def write_units(batch: pa.Table, output, image_format: str, image_size: int, palette: dict | None = None) -> pa.Table:
     """Crop, encode and write each unit's tiles; one status row per tile (skips summarised).
-    With a palette the canvases hold class indices and tiles become paletted PNGs. Encoding
-    runs in the I/O threads: Pillow's PNG and JPEG encoders release the GIL."""
-    units = []  # (unit, its statuses in order: Status rows, and (key, tile) to write)
-    for unit, view in zip(batch.drop_columns(["pixels"]).to_pylist(), pixel_views(batch.column("pixels"))):
+    With a palette the canvases hold class indices and tiles become paletted PNGs. Pixels a
+    raster left invalid are nodata: NODATA_CLASS with a palette, else transparent (PNG, WebP)
+    or black (JPEG). Encoding runs in the I/O threads: Pillow's PNG and JPEG encoders release
+    the GIL."""
+    units = []  # (unit, its statuses in order: Status rows, and (key, tile, valid) to write)
+    views = zip(batch.drop_columns(["pixels", "valid"]).to_pylist(), pixel_views(batch.column("pixels")),
+                pixel_views(batch.column("valid")))
+    for unit, view, valid_view in views:
         items: list = []
         if unit["reason"]:
             items.append(Status(unit["key"], "failed", unit["reason"]))
         if unit["skipped"]:
             items.append(Status(unit["key"], "skipped", count=unit["skipped"]))
         items += [Status(failure["key"], "failed", failure["reason"]) for failure in unit["failed"]]
+        items += [Status(key, "empty") for key in unit["empty"]]
         if view is not None:
             shape = (unit["height"], unit["width"]) if palette else (unit["height"], unit["width"], 3)
             canvas = np.frombuffer(view, np.uint8).reshape(shape)
-            items += [(tile["key"], crop_tile(canvas, tile["col"], tile["row"], image_size, unit["margin"]))
+            valid = None if valid_view is None else \
+                np.frombuffer(valid_view, np.bool_).reshape(unit["height"], unit["width"])
+            items += [(tile["key"], crop_tile(canvas, tile["col"], tile["row"], image_size, unit["margin"]),
+                       None if valid is None else crop_tile(valid, tile["col"], tile["row"], image_size,
+                                                            unit["margin"]))
                       for tile in unit["tiles"] if tile["write"]]
         units.append((unit, items))
 
     def write(item):
-        key, image = item
+        key, image, valid = item
         try:
             target = posixpath.join(output.path, check_key(output_key(key, image_format)))
-            image = np.ascontiguousarray(image)
+            image = _with_nodata(np.ascontiguousarray(image), valid, image_format, palette)
             data = encode_paletted_png(image, palette) if palette else encode_image(image, image_format,
                                                                                      png_level=RGB_PNG_LEVEL)
             storage.write_bytes(output.filesystem, target, data)
@@ -174,3 +224,14 @@ def write_units(batch: pa.Table, output, image_format: str, image_size: int, pal
             rows[0].bytes_read, rows[0].tile_bytes = unit["bytes_read"], unit["tile_bytes"]
         statuses += rows
     return to_table(statuses, Status)
+
+
+def _with_nodata(image: np.ndarray, valid: np.ndarray | None, image_format: str, palette: dict | None) -> np.ndarray:
+    """A tile with its invalid pixels marked: the nodata class, an alpha channel, or black."""
+    if valid is None or valid.all():
+        return image
+    if palette:
+        return np.where(valid, image, np.uint8(NODATA_CLASS))
+    if image_format == "jpeg":
+        return np.where(valid[..., None], image, np.uint8(0))
+    return np.dstack([image, np.where(valid, np.uint8(255), np.uint8(0))])

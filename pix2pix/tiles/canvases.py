@@ -80,6 +80,13 @@ def assemble_canvas(
     return canvas
 
 
+def fill_invalid(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """What the generator sees where a raster has no valid pixel: mid-grey, as in a block's
+    holes (bench/raster_nodata_fill.py measures its effect on the valid pixels beside it)."""
+    pixels[~valid] = HOLE_VALUE
+    return pixels
+
+
 def crop_tile(canvas: np.ndarray, column: int, row: int, tile_size: int, margin: int) -> np.ndarray:
     top, left = margin + row * tile_size, margin + column * tile_size
     return canvas[top:top + tile_size, left:left + tile_size]

@@ -9,6 +9,10 @@ prefix (tiles already written there are skipped), and becomes work units:
 - with context: one unit per block of up to BLOCK_TILES x BLOCK_TILES neighbouring tiles plus
   the ring of tiles around it. Blocks are aligned to the tile grid and hold every input tile of
   their cell, whatever is selected or already done, so a tile's output never depends on the run.
+
+Raster input (pix2pix.tiles.rasters) is not listed: its tiles are the XYZ tiles covering the
+rasters' footprints at the zoom, planned on the driver as RasterShards of columns; units carry
+the rasters they read, and a context block is one warped window of its tiles plus the margin.
 """
 
 from __future__ import annotations
@@ -90,7 +94,31 @@ class ManifestBlockShard(ListingShard):
         return self.keys
 
 
-Shard = ListingShard | BboxShard | ManifestShard | ManifestBlockShard
+@dataclass
+class RasterShard:
+    """XYZ columns over raster footprints: ``columns`` rows [x, [[y0, y1], ...]] (the footprint's
+    tiles, inclusive ranges), ``selection`` [x0, x1, y0, y1] (--bbox) or None, ``sources`` rows
+    [uri, west, south, east, north] (Web Mercator metres, priority order) near these columns."""
+
+    zoom: int
+    columns: list
+    sources: list
+    selection: list | None = None
+    dirs: list[str] = field(default_factory=list)  # nothing is listed
+
+    @property
+    def core(self) -> list[str]:
+        return [f"{self.zoom}/{x}" for x, _ in self.columns]
+
+    def tiles(self) -> list[tuple[int, int]]:
+        """The footprint's tiles (x, y), column by column."""
+        return [(x, y) for x, ranges in self.columns for y0, y1 in ranges for y in range(y0, y1 + 1)]
+
+    def wanted(self, listed: list[str], manifest: storage.Location | None) -> list[str]:
+        return [f"{self.zoom}/{x}/{y}" for x, y in self.tiles() if _in_selection(x, y, self.selection)]
+
+
+Shard = ListingShard | BboxShard | ManifestShard | ManifestBlockShard | RasterShard
 
 
 @dataclass(frozen=True)
@@ -234,6 +262,65 @@ def bbox_shards(root: storage.Location, bbox: tuple[float, float, float, float],
             if any(x0 <= int(c.split("/")[1]) <= x1 for c in shard.core)]
 
 
+def footprint_columns(footprints, zoom: int) -> dict[int, list[list[int]]]:
+    """The XYZ tiles covering footprints (W, S, E, N in degrees) at a zoom: each column x's
+    merged, inclusive y ranges. Memory grows with the columns, not the tiles."""
+    ranges: dict[int, list[list[int]]] = defaultdict(list)
+    for footprint in footprints:
+        tile_range = bbox_tile_range(footprint, zoom)
+        if tile_range is None:
+            continue
+        x0, x1, y0, y1 = tile_range
+        for x in range(x0, x1 + 1):
+            ranges[x].append([y0, y1])
+    merged = {}
+    for x, spans in sorted(ranges.items()):
+        spans.sort()
+        out = [spans[0]]
+        for y0, y1 in spans[1:]:
+            if y0 <= out[-1][1] + 1:
+                out[-1] = [out[-1][0], max(out[-1][1], y1)]
+            else:
+                out.append([y0, y1])
+        merged[x] = out
+    return merged
+
+
+def selected_tile_count(columns: dict[int, list[list[int]]], selection: list[int] | None) -> int:
+    """How many of the columns' tiles lie in the selection [x0, x1, y0, y1] (None: all)."""
+    if selection is None:
+        return sum(y1 - y0 + 1 for spans in columns.values() for y0, y1 in spans)
+    x0, x1, sy0, sy1 = selection
+    return sum(max(0, min(y1, sy1) - max(y0, sy0) + 1)
+               for x, spans in columns.items() if x0 <= x <= x1 for y0, y1 in spans)
+
+
+def raster_shards(sources, columns: dict[int, list[list[int]]], zoom: int, selection: list[int] | None,
+                  settings: PlanSettings) -> list[Shard]:
+    """Shards of footprint columns: SHARD_COLUMNS at a time, or with context one block column
+    each. ``sources``: objects with ``uri`` and ``bounds`` (Web Mercator), in priority order; a
+    shard carries those within a tile of its columns (a context margin is at most a tile)."""
+    if selection is not None:
+        wanted_x = [x for x in columns if selection[0] <= x <= selection[1]]
+    else:
+        wanted_x = list(columns)
+    if settings.margin == 0:
+        groups = column_groups(wanted_x)
+    else:
+        by_block: dict[int, list[int]] = defaultdict(list)
+        for x in columns:
+            by_block[x // settings.block_tiles].append(x)
+        groups = [by_block[block] for block in sorted({x // settings.block_tiles for x in wanted_x})]
+    shards = []
+    for group in groups:
+        west, _, _, _ = mercantile.xy_bounds(min(group) - 1, 0, zoom)
+        _, _, east, _ = mercantile.xy_bounds(max(group) + 1, 0, zoom)
+        near = [[source.uri, *source.bounds] for source in sources
+                if source.bounds[0] < east and source.bounds[2] > west]
+        shards.append(RasterShard(zoom, [[x, columns[x]] for x in group], near, selection))
+    return shards
+
+
 def manifest_context_shards(keys, settings: PlanSettings) -> list[Shard]:
     """With --context, a manifest's keys are grouped by block column (held in memory)."""
     blocks: dict[tuple[str, int, int], list[str]] = defaultdict(list)
@@ -372,6 +459,8 @@ def _single_units(keys: list[str], done: set[str], settings: PlanSettings) -> li
 
 def plan_shard(shard: Shard, input_root: storage.Location, output: storage.Location,
                settings: PlanSettings, manifest: storage.Location | None = None) -> list[Unit]:
+    if isinstance(shard, RasterShard):
+        return plan_raster_shard(shard, output, settings)
     listed = [key for keys in _concurrently(lambda d: list_keys(input_root, d, shard.recursive), shard.dirs)
               for key in keys]
     # Listed names are as untrusted as a manifest's: a key like "a%2F..%2Fb" or one holding
@@ -409,6 +498,10 @@ def _under(key: str, dirs: set[str], recursive: bool) -> bool:
     if parent in dirs:
         return True
     return recursive and any(parent.startswith(d + "/") or d == "" for d in dirs)
+
+
+def _in_selection(x: int, y: int, selection: list[int] | None) -> bool:
+    return selection is None or (selection[0] <= x <= selection[1] and selection[2] <= y <= selection[3])
 
 
 def _selected(key: str, bbox: list[int] | None) -> bool:
@@ -454,6 +547,49 @@ def plan_blocks(listed: list[str], core: list[str], wanted: list[str], done: set
                 tiles.append(TileRef(cells[x, y], x - x0, y - y0, write=False))
         units.append(Unit(unit=f"{prefix}|{z}|{block_x}|{block_y}", key=todo[0], tiles=tiles,
                           columns=x1 - x0 + 1, rows=y1 - y0 + 1, margin=settings.margin))
+    if skipped:
+        units.append(Unit(unit="", key=skipped[0], skipped=len(skipped)))
+    return units
+
+
+def plan_raster_shard(shard: RasterShard, output: storage.Location, settings: PlanSettings) -> list[Unit]:
+    """Units of raster input: the shard's wanted tiles that are not done, each with the
+    rasters it reads (the tile's, or with context its block's plus a tile around)."""
+    done = set() if settings.overwrite else done_keys(output, shard.core, False, settings.written_before_ns)
+    z, units, skipped = shard.zoom, [], []
+
+    def near(x0: int, x1: int, y0: int, y1: int, ring: int) -> list[str]:
+        west, _, _, north = mercantile.xy_bounds(x0 - ring, y0 - ring, z)
+        _, south, east, _ = mercantile.xy_bounds(x1 + ring, y1 + ring, z)
+        return [row[0] for row in shard.sources if row[1] < east and row[3] > west and row[2] < north
+                and row[4] > south]
+
+    if settings.margin == 0:
+        for key in shard.wanted([], None):
+            if output_key(key, settings.image_format) in done:
+                skipped.append(key)
+                continue
+            _, x, y = map(int, key.split("/"))
+            units.append(Unit(unit=output_key(key, settings.image_format), key=key, tiles=[TileRef(key)],
+                              sources=near(x, x, y, y, 0)))
+    else:
+        n = settings.block_tiles
+        blocks: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for x, y in shard.tiles():  # every footprint tile of a cell, whatever is selected or done
+            blocks[x // n, y // n].append((x, y))
+        for (block_x, block_y), members in sorted(blocks.items()):
+            keys = {(x, y): f"{z}/{x}/{y}" for x, y in members}
+            wanted = [xy for xy in members if _in_selection(*xy, shard.selection)]
+            todo = {xy for xy in wanted if output_key(keys[xy], settings.image_format) not in done}
+            skipped += [keys[xy] for xy in wanted if xy not in todo]
+            if not todo:
+                continue
+            x0, x1 = min(x for x, _ in members), max(x for x, _ in members)
+            y0, y1 = min(y for _, y in members), max(y for _, y in members)
+            tiles = [TileRef(keys[x, y], x - x0, y - y0, (x, y) in todo) for x, y in members]
+            units.append(Unit(unit=f"|{z}|{block_x}|{block_y}", key=keys[min(todo)], tiles=tiles,
+                              columns=x1 - x0 + 1, rows=y1 - y0 + 1, margin=settings.margin,
+                              sources=near(x0, x1, y0, y1, 1)))
     if skipped:
         units.append(Unit(unit="", key=skipped[0], skipped=len(skipped)))
     return units

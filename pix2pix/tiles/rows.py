@@ -61,7 +61,9 @@ class TileRef:
 @dataclass
 class Unit:
     """One generator input: a tile, or a context block of tiles. A unit with a ``reason``
-    failed at planning; one with ``skipped`` stands for that many tiles already done."""
+    failed at planning; one with ``skipped`` stands for that many tiles already done. With
+    raster input, ``sources`` are the rasters its window is warped from (first wins), and its
+    tiles' keys are z/x/y (no extension)."""
 
     unit: str
     key: str
@@ -71,6 +73,7 @@ class Unit:
     margin: int = 0
     skipped: int = 0
     reason: str | None = None
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,9 +86,12 @@ class Failure:
 class Canvas(Unit):
     """A unit with its tiles read and laid out: ``pixels`` (height x width x 3 uint8, or x 1
     class indices once translated with a palette) is None when no tile of it is left to write.
-    ``failed``: tiles that could not be read or decoded."""
+    ``failed``: tiles that could not be read or decoded. Raster input: ``valid`` (height x width,
+    1 = valid) is None when every pixel is; ``empty``: tiles with no valid pixel, not written."""
 
     pixels: bytes | None = None
+    valid: bytes | None = None
+    empty: list[str] = field(default_factory=list)
     height: int = 0
     width: int = 0
     failed: list[Failure] = field(default_factory=list)
@@ -95,7 +101,8 @@ class Canvas(Unit):
 
 @dataclass
 class Status:
-    """What became of tiles: ``written``, ``skipped`` (``count`` tiles) or ``failed``. A unit's
+    """What became of tiles: ``written``, ``skipped`` (``count`` tiles), ``failed`` or ``empty``
+    (raster input: no valid pixel, nothing written). A unit's
     byte counts ride on its first status row."""
 
     key: str
