@@ -189,15 +189,16 @@ def shard_reads_seconds(data: str) -> float:
 
 def metrics_write_seconds(runs: str, lines: int = 100) -> float:
     """One epoch's rewrite of metrics.jsonl after ``lines`` epochs (local storage)."""
-    from pix2pix.distributed.train_worker import append_history
+    from pix2pix.distributed.train_worker import History
 
     run = Path(runs) / "metrics-write"
     run.mkdir()
     metrics = {"epoch": 1, "step": 1500, "G_L1": 0.1, "val_L1": 0.1, "epoch_seconds": 1.5}
+    history = History(str(run))
     for _ in range(lines - 1):
-        append_history(str(run), metrics)
+        history.append(metrics)
     started = time.perf_counter()
-    append_history(str(run), metrics)
+    history.append(metrics)
     return time.perf_counter() - started
 
 

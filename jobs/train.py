@@ -23,6 +23,7 @@ from pix2pix.training.step import RECIPES, TrainConfig, default_recipe, recipe_c
 # A Recife epoch is ~20 s on one GPU and a checkpoint of the paper's widths ~0.9 GB (G, D, Adam
 # states, export): every epoch would spend a fifth of the run writing checkpoints.
 GPU_EVERY = 5
+GPU_CHECKPOINT_MINUTES = 10.0
 
 
 def parse_args(argv=None):
@@ -66,8 +67,12 @@ def parse_args(argv=None):
                         help="the last share of the budget over which the lr decays linearly to 0 (default: "
                         f"{DECAY_FRACTION:g}, the paper's half and half; 1: from the first step)")
     parser.add_argument("--checkpoint-every", type=int, default=None,
-                        help=f"checkpoint every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs, "
-                        "whose epochs take seconds)")
+                        help="checkpoint every N epochs, and at the end (default: 1 on CPUs; on GPUs, whose epochs "
+                        "take seconds, by time: see --checkpoint-minutes)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=None,
+                        help=f"checkpoint when this many minutes have passed since the last checkpoint, at the end "
+                        f"of an epoch, and at the end (default: {GPU_CHECKPOINT_MINUTES:g} on GPUs unless "
+                        "--checkpoint-every is given). Checkpoints upload in the background while training goes on")
     parser.add_argument("--validate-every", type=int, default=None,
                         help=f"validate every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs)")
     parser.add_argument("--keep-checkpoints", type=int, default=2,
@@ -83,6 +88,10 @@ def parse_args(argv=None):
         parser.error("--palette-weight needs --palette (the classes it weighs)")
     if args.decay_fraction is not None and args.max_minutes is None and args.max_pairs is None:
         parser.error("--decay-fraction needs --max-minutes or --max-pairs (the budget it shares out)")
+    if args.checkpoint_every is not None and args.checkpoint_minutes is not None:
+        parser.error("give --checkpoint-every or --checkpoint-minutes, not both")
+    if args.checkpoint_minutes is not None and args.checkpoint_minutes <= 0:
+        parser.error("--checkpoint-minutes must be positive")
     for name in ("num_workers", "checkpoint_every", "validate_every", "keep_checkpoints"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -98,9 +107,12 @@ def train_config(args, demo: bool, recipe: str) -> TrainConfig:
     return recipe_config(recipe, demo, **cli.flag_values(args, TrainConfig))
 
 
-def epoch_intervals(args, use_gpu: bool) -> dict[str, int]:
-    default = GPU_EVERY if use_gpu else 1
-    return {"checkpoint_every": args.checkpoint_every or default, "validate_every": args.validate_every or default}
+def epoch_intervals(args, use_gpu: bool) -> dict:
+    minutes = args.checkpoint_minutes
+    if minutes is None and use_gpu and args.checkpoint_every is None:
+        minutes = GPU_CHECKPOINT_MINUTES
+    return {"checkpoint_every": args.checkpoint_every or 1, "checkpoint_minutes": minutes,
+            "validate_every": args.validate_every or (GPU_EVERY if use_gpu else 1)}
 
 
 def job_budget(args) -> Budget | None:

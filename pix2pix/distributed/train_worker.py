@@ -52,6 +52,9 @@ SAMPLE_PAIRS = 6
 CLASS_SAMPLE = 8  # one train pair in 8 gives the palette term's class frequencies
 VALIDATION_BATCH = 16
 PROGRESS_SECONDS = 30.0
+# A worker keeps its decoded share of the val split up to this size (the Recife split: 40 MB in
+# all): re-reading and decoding it at every validation cost more than a GPU epoch.
+VALIDATION_CACHE_BYTES = 2 * 2**30
 
 
 @dataclass
@@ -67,6 +70,9 @@ class JobConfig:
     threads: int = 1
     decode_workers: int = 1  # threads decoding the training pairs; fit() sets it from the workers' CPUs
     checkpoint_every: int = 1
+    # When set, checkpoint when this many minutes have passed since the last checkpoint instead
+    # of every checkpoint_every epochs (GPU epochs take seconds; a checkpoint is ~0.9 GB).
+    checkpoint_minutes: float | None = None
     validate_every: int = 1
     palette: dict | None = None
     budget: Budget | None = None  # replaces the epoch schedule: train until it is spent
@@ -94,8 +100,11 @@ def train_loop_per_worker(job: dict) -> None:
     pairs_per_step = config.train.batch_size * world_size
     schedule = job_schedule(config, restored, pairs_per_step)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
+    validation_pairs = ValidationPairs(config, rank, world_size) if config.val_shards else None
+    history = History(config.run_uri) if rank == 0 else None
     flag_group = host_group()
-    history: list[dict[str, float]] = []
+    last_checkpoint = time.monotonic()
+    losses: list[dict[str, float]] = []
     while not schedule.done(model):
         progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
         model.seed_epoch(rank)
@@ -110,28 +119,25 @@ def train_loop_per_worker(job: dict) -> None:
                    "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
                    "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds, **schedule.metrics(model)}
         model.end_epoch()
-        history.append(epoch.losses)
+        losses.append(epoch.losses)
         last = schedule.done(model)
-        checkpointing = model.epoch % config.checkpoint_every == 0 or last
-        validating = config.val_shards is not None and (model.epoch % config.validate_every == 0 or last)
+        checkpointing = last or checkpoint_due(model, config, last_checkpoint)
+        validating = validation_pairs is not None and (model.epoch % config.validate_every == 0 or last)
         if checkpointing:
             # Reported before validation, so that a slow or failing validation never costs the
             # epoch; the validation metrics then go in a report of their own.
             started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as directory:
-                if rank == 0:
-                    save_checkpoint(model, config, directory, samples, schedule)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory)
-                                 if rank == 0 else None)
+            report_checkpoint(model, config, metrics, samples, schedule, rank)
             metrics["checkpoint_seconds"] = time.perf_counter() - started
+            last_checkpoint = time.monotonic()
         if validating:
             started = time.perf_counter()
-            metrics.update({f"val_{name}": value for name, value in validate(model, config, rank, world_size).items()})
+            metrics.update({f"val_{name}": value for name, value in validate(model, config, validation_pairs).items()})
             metrics["validation_seconds"] = time.perf_counter() - started
-        warning = balance_warning(history)
-        if rank == 0:
+        warning = balance_warning(losses)
+        if history is not None:
             print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
-            append_history(config.run_uri, metrics)
+            history.append(metrics)
         if validating or not checkpointing:
             ray.train.report(metrics)
 
@@ -273,11 +279,58 @@ def next_batch(batches) -> tuple[dict | None, str | None]:
     return batch, None if batch is not None else "this worker's batches ran out"
 
 
-def validate(model: Pix2Pix, config: JobConfig, rank: int, world_size: int) -> dict[str, float]:
+def checkpoint_due(model: Pix2Pix, config: JobConfig, last_checkpoint: float) -> bool:
+    """Every checkpoint_every epochs, or by wall time with checkpoint_minutes: rank 0's clock
+    decides, so that every worker enters the report together."""
+    if config.checkpoint_minutes is None:
+        return model.epoch % config.checkpoint_every == 0
+    return broadcast_from_rank0(time.monotonic() - last_checkpoint) >= config.checkpoint_minutes * 60
+
+
+def report_checkpoint(model: Pix2Pix, config: JobConfig, metrics: dict, samples: dict | None,
+                      schedule: EpochSchedule | BudgetSchedule, rank: int) -> None:
+    """Rank 0 writes the checkpoint to a local folder; Ray Train uploads it in a background
+    thread (and then deletes the folder) while training goes on. The report itself stays a
+    barrier of all workers; a run that ends waits for the last upload."""
+    directory = None
+    if rank == 0:
+        directory = tempfile.mkdtemp(prefix="pix2pix-checkpoint-")
+        save_checkpoint(model, config, directory, samples, schedule)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None,
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+
+
+class ValidationPairs:
+    """This worker's share of the val split (each pair on exactly one worker), as evaluation
+    batches: decoded at the first validation and kept for the later ones, unless they pass
+    VALIDATION_CACHE_BYTES, in which case they are read and decoded again each time."""
+
+    def __init__(self, config: JobConfig, rank: int, world_size: int):
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.kept: list[dict] | None = None
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        mine = records_where(self.config.data_uri, self.config.val_shards,
+                             lambda key: owner_rank(key, self.world_size) == self.rank)
+        kept: list[dict] | None = []
+        size = 0
+        for batch in evaluation_batches(mine, self.config.train.image_size, VALIDATION_BATCH):
+            size += sum(value.nbytes for value in batch.values() if isinstance(value, np.ndarray))
+            if size > VALIDATION_CACHE_BYTES:
+                kept = None
+            elif kept is not None:
+                kept.append(batch)
+            yield batch
+        self.kept = kept
+
+
+def validate(model: Pix2Pix, config: JobConfig, pairs: ValidationPairs) -> dict[str, float]:
     """Metrics over the whole val split: each worker evaluates the pairs it owns, sums are all-reduced."""
     accumulator = MetricAccumulator(palette=config.palette)
-    mine = records_where(config.data_uri, config.val_shards, lambda key: owner_rank(key, world_size) == rank)
-    for batch in evaluation_batches(mine, config.train.image_size, VALIDATION_BATCH):
+    for batch in pairs:
         target = model.prepare_inputs(torch.from_numpy(batch["target"])).float()
         accumulator.update(model.translate(torch.from_numpy(batch["source"])), target)
     totals = accumulator.totals()
@@ -327,12 +380,18 @@ def restore_latest(model: Pix2Pix, run_uri: str) -> dict:
     return {}
 
 
-def append_history(run_uri: str, metrics: dict) -> None:
+class History:
     """RUN/metrics.jsonl: one line per epoch, validation included (Ray Train keeps only the
-    metrics reported with checkpoints). Rewritten whole: object stores cannot append."""
-    location = storage.resolve(run_uri).join(HISTORY_FILE)
-    before = storage.read_text(location) if storage.exists(location) else ""
-    storage.write_text(location, before + json.dumps(metrics) + "\n")
+    metrics reported with checkpoints). Read once (a resumed run continues it), then rewritten
+    whole from memory at each epoch: object stores cannot append."""
+
+    def __init__(self, run_uri: str):
+        self.location = storage.resolve(run_uri).join(HISTORY_FILE)
+        self.text = storage.read_text(self.location) if storage.exists(self.location) else ""
+
+    def append(self, metrics: dict) -> None:
+        self.text += json.dumps(metrics) + "\n"
+        storage.write_text(self.location, self.text)
 
 
 def read_history(run_uri: str) -> list[dict]:
