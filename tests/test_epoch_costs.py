@@ -74,3 +74,19 @@ def test_checkpoints_by_epochs_or_by_wall_time():
     by_time = JobConfig(train=TrainConfig(), data_uri="", checkpoint_minutes=1.0)
     assert checkpoint_due(_Model(3), by_time, time.monotonic() - 61)
     assert not checkpoint_due(_Model(3), by_time, time.monotonic() - 5)
+
+
+def test_a_restarted_run_removes_only_its_own_unsent_checkpoint_folders():
+    import os
+    import tempfile
+
+    from pix2pix.distributed.train_worker import checkpoint_folder_prefix, remove_unsent_checkpoints
+
+    mine, other = (JobConfig(train=TrainConfig(), data_uri="", run_uri=f"/runs/{name}") for name in ("a", "b"))
+    left = tempfile.mkdtemp(prefix=checkpoint_folder_prefix(mine))
+    kept = tempfile.mkdtemp(prefix=checkpoint_folder_prefix(other))
+    try:
+        remove_unsent_checkpoints(mine)
+        assert not os.path.exists(left) and os.path.isdir(kept)
+    finally:
+        os.rmdir(kept)

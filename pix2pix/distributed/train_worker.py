@@ -11,10 +11,12 @@ paper's epochs or a user's budget, pix2pix/training/schedule.py) sets the lr and
 
 from __future__ import annotations
 
+import glob
 import heapq
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pix2pix import checkpoint, storage
+from pix2pix.hashing import stable_hash
 from pix2pix.model.export import CheckpointError
 from pix2pix.model.metrics import MetricAccumulator
 from pix2pix.model.palette import balanced_class_weights, class_counts
@@ -90,6 +93,8 @@ def train_loop_per_worker(job: dict) -> None:
     set_threads(config.threads)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    if rank == 0:
+        remove_unsent_checkpoints(config)
     model = build_model(config, rank)
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
@@ -294,10 +299,22 @@ def report_checkpoint(model: Pix2Pix, config: JobConfig, metrics: dict, samples:
     barrier of all workers; a run that ends waits for the last upload."""
     directory = None
     if rank == 0:
-        directory = tempfile.mkdtemp(prefix="pix2pix-checkpoint-")
+        directory = tempfile.mkdtemp(prefix=checkpoint_folder_prefix(config))
         save_checkpoint(model, config, directory, samples, schedule)
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None,
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+
+
+def checkpoint_folder_prefix(config: JobConfig) -> str:
+    return f"pix2pix-checkpoint-{stable_hash(config.run_uri) % 16**8:08x}-"
+
+
+def remove_unsent_checkpoints(config: JobConfig) -> None:
+    """Local checkpoint folders of this run that a dead worker group left before their upload
+    (a folder is deleted once uploaded): a restarted group's rank 0 removes them."""
+    pattern = os.path.join(tempfile.gettempdir(), checkpoint_folder_prefix(config) + "*")
+    for folder in glob.glob(pattern):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class ValidationPairs:
