@@ -64,10 +64,10 @@ def parse_args(argv=None):
 
 def main() -> int:
     args = parse_args()
-    from pix2pix.distributed import prepare, session
-
     if args.image is not None:
         return prepare_rasters(args)
+    from pix2pix.distributed import prepare, session
+
     if args.input is None:
         session.init()
         cli.print_summary(prepare.prepare_demo(args.demo_pairs))
@@ -81,10 +81,14 @@ def main() -> int:
 
 
 def prepare_rasters(args) -> int:
+    from pix2pix import storage
+    from pix2pix.tiles.chips import plan_chips
+
+    # Every input checked before Ray is imported or started: bad input fails fast, nothing written.
+    storage.resolve(args.output)
+    plan = plan_chips(args.image, args.labels, args.image_size, args.stride or args.image_size)
     from pix2pix.distributed import prepare_rasters, session
 
-    plan = prepare_rasters.check_rasters(args.image, args.labels, args.output, args.image_size,
-                                         args.stride or args.image_size)  # before starting Ray: bad input fails fast
     session.init()
     cli.print_summary(prepare_rasters.prepare_rasters(plan, args.output, args.direction, args.val_fraction,
                                                       args.rows_per_shard))

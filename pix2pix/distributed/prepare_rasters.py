@@ -20,24 +20,17 @@ from pix2pix import storage
 from pix2pix.distributed.prepare import ROW_SCHEMA, write_splits
 from pix2pix.images import encode_image
 from pix2pix.tiles.chip_inputs import RasterInputError
-from pix2pix.tiles.chips import Chip, ChipGroup, ChipPlan, cut_chips, group_keys, plan_chips
+from pix2pix.tiles.chips import Chip, ChipGroup, ChipPlan, cut_chips, group_keys
 from pix2pix.training.pairs import PAIRED, split_for_key
 from pix2pix.training.shards import DATASET_INFO_FILE
 
 MAX_BLOCKS = 1000  # up to here a group is a block: ~16 chips, well under a second of work each
 
 
-def check_rasters(image_uris: list[str], label_uris: list[str], output_uri: str, size: int,
-                  stride: int) -> ChipPlan:
-    """Every input found and checked (headers only), the output URI parsed: no Ray needed, and
-    nothing written when an input cannot be used."""
-    storage.resolve(output_uri)
-    return plan_chips(image_uris, label_uris, size, stride)
-
-
 def prepare_rasters(plan: ChipPlan, output_uri: str, direction: str = "AtoB", val_fraction: float = 0.1,
                     rows_per_shard: int = 256) -> dict:
-    """Write the plan's chips to ``output/<split>/*.parquet`` and ``output/_dataset.json``; return the summary."""
+    """Write the chips of a plan (pix2pix.tiles.chips.plan_chips: the inputs checked) to
+    ``output/<split>/*.parquet`` and ``output/_dataset.json``; return the summary."""
     output = storage.resolve(output_uri)
     loaded = (
         ray.data.from_items([asdict(group) for group in plan.groups],
