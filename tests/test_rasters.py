@@ -22,8 +22,8 @@ def crop() -> np.ndarray:
 
 
 def test_rasters_are_told_from_xyz_tiles(tmp_path, crop):
-    scene = write_cog(tmp_path / "rasters" / "scene.tif", crop[:256, :256], assigned_transform()) \
-        if (tmp_path / "rasters").mkdir() is None else None
+    (tmp_path / "rasters").mkdir()
+    scene = write_cog(tmp_path / "rasters" / "scene.tif", crop[:256, :256], assigned_transform())
     assert rasters.find_rasters(str(scene)) == [str(scene)]
     assert rasters.find_rasters(str(tmp_path / "rasters")) == [str(scene)]
     (tmp_path / "list.txt").write_text(f"# scenes\n{scene}\n\nrasters/scene.tif\n")
