@@ -1,6 +1,8 @@
-"""Ray Train end to end: DDP on 2 CPU workers, S3, a budget, crash recovery, DDP equivalence.
-`ray job submit` of the training job: tests/test_autoscaling.py (and test_cluster.py's remote
-submission)."""
+"""Ray Train end to end: DDP on 2 CPU workers, a budget, crash recovery, DDP equivalence.
+A two-worker run against S3 (data, checkpoints and export there, the export equal to the
+training state at epoch 2): tests/reliability/test_train_chaos.py, through S3 faults and a killed
+worker. `ray job submit` of the training job: tests/test_autoscaling.py (and test_cluster.py's
+remote submission)."""
 
 from __future__ import annotations
 
@@ -64,19 +66,6 @@ def assert_export_reproduces_training_state(run_uri: str, checkpoint_path: str, 
     with torch.no_grad():
         assert torch.equal(exported(x), trained(x))
     return info, state
-
-
-def test_two_worker_run_against_s3(prepared_dataset, s3_bucket):
-    from pix2pix.distributed.prepare import prepare
-    from pix2pix.distributed.train import fit
-
-    raw = Path(prepared_dataset).parent / "raw"
-    prepare(str(raw), f"s3://{s3_bucket}/data")
-    result = fit(job_config(f"s3://{s3_bucket}/data"), two_cpu_workers(), f"s3://{s3_bucket}/runs", "s3run")
-    assert result.error is None and result.metrics["epoch"] == 2
-    info, _ = assert_export_reproduces_training_state(f"s3://{s3_bucket}/runs/s3run",
-                                                      f"s3://{result.checkpoint.path}")
-    assert info.epoch == 2
 
 
 def test_worker_crash_resumes_from_the_latest_checkpoint(prepared_dataset, tmp_path):
