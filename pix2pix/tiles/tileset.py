@@ -8,9 +8,10 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 import mercantile
@@ -27,6 +28,7 @@ TILEJSON_FILE = "tiles.json"
 HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 TILE_TYPES = {".png": TileType.PNG, ".jpg": TileType.JPEG, ".jpeg": TileType.JPEG, ".webp": TileType.WEBP}
 READ_THREADS = 16
+READ_AHEAD = 4 * READ_THREADS  # results held at once, whatever the number of tiles
 
 
 class TileSetError(JobError):
@@ -62,6 +64,9 @@ class TileSet:
         tile = min((t for t in self.keys if t.z == z), key=lambda t: (t.x - middle.x) ** 2 + (t.y - middle.y) ** 2)
         box = mercantile.bounds(tile.x, tile.y, z)
         return (box.west + box.east) / 2, (box.south + box.north) / 2, z
+
+    def at_zoom(self, zoom: int) -> TileSet:
+        return replace(self, keys={tile: key for tile, key in self.keys.items() if tile.z == zoom})
 
     def read(self, tile: TileKey) -> bytes:
         return storage.read_bytes(self.root.filesystem, posixpath.join(self.root.path, self.keys[tile]))
@@ -154,11 +159,23 @@ def archive_metadata(tileset: TileSet, palette: Mapping | None) -> dict:
     return {**spec, "extension": tileset.extension}
 
 
+def ordered_map(function: Callable, items: Iterable, threads: int = READ_THREADS) -> Iterator:
+    """``function`` of each item, in the items' order, computed on threads with at most
+    READ_AHEAD results waiting (``Executor.map`` would submit every item at once)."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def read_tiles(tileset: TileSet) -> Iterator[tuple[TileKey, bytes]]:
     """Every tile in PMTiles order (by tile id), read concurrently."""
     order = sorted(tileset.keys, key=lambda tile: zxy_to_tileid(tile.z, tile.x, tile.y))
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        yield from zip(order, pool.map(tileset.read, order))
+    return ordered_map(lambda tile: (tile, tileset.read(tile)), order)
 
 
 def write_pmtiles(handle, tiles: Iterable[tuple[TileKey, bytes]], extension: str, metadata: dict,
