@@ -38,7 +38,8 @@ def png_pixels(data: bytes) -> np.ndarray:
 
 def classes_of(maps: np.ndarray) -> np.ndarray:
     """(H, W, 3) map colours -> (H, W) uint8 nearest Recife class."""
-    return palette_classes(torch.from_numpy(maps).permute(2, 0, 1), RECIFE_PALETTE)[0].numpy().astype(np.uint8)
+    images = torch.from_numpy(np.array(maps)).permute(2, 0, 1)
+    return palette_classes(images, RECIFE_PALETTE)[0].numpy().astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +100,8 @@ def test_overlapping_chips_at_a_stride(pairs, rasters):
 def reprojected(source: np.ndarray, crs: str) -> tuple[np.ndarray, np.ndarray, rasterio.Affine]:
     """(H, W, 3) pixels on the assigned grid warped by nearest to ``crs``: (pixels, valid, transform)."""
     height, width = source.shape[:2]
-    left, top = assigned_transform() * (0, 0)
-    right, bottom = assigned_transform() * (width, height)
+    left, top = assigned_transform() @ (0, 0)
+    right, bottom = assigned_transform() @ (width, height)
     transform, out_width, out_height = calculate_default_transform(ASSIGNED_CRS, crs, width, height,
                                                                    left, bottom, right, top)
     bands = np.concatenate([np.moveaxis(source, -1, 0), np.full((1, height, width), 255, np.uint8)])

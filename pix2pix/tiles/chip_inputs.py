@@ -84,8 +84,9 @@ def describe(uri: str, name: str, role: str) -> RasterInfo:
     with open_raster(uri) as dataset:
         if dataset.crs is None:
             raise RasterInputError(f"{uri} has no CRS: chips are placed by their coordinates")
-        if dataset.transform.is_identity and not dataset.gcps[0]:
-            raise RasterInputError(f"{uri} has no geotransform: chips are placed by their coordinates")
+        if dataset.transform.is_identity:
+            raise RasterInputError(f"{uri} has no geotransform (ground control points are not enough: warp "
+                                   "it onto a grid first, e.g. with gdalwarp)")
         if set(dataset.dtypes) != {"uint8"}:
             raise RasterInputError(f"{uri} holds {dataset.dtypes[0]} pixels; expected uint8")
         kind = image_kind(dataset) if role == "image" else label_kind(dataset)
@@ -125,10 +126,10 @@ def colour_table(dataset) -> np.ndarray:
 
 def footprint(raster: RasterInfo, crs) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) of the raster in ``crs``."""
-    left, top = raster.transform * (0, 0)
-    right, bottom = raster.transform * (raster.width, raster.height)
-    corners = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
-    return corners if raster.crs == crs else transform_bounds(raster.crs, crs, *corners, densify_pts=21)
+    xs, ys = zip(*(raster.transform @ corner for corner in
+                   ((0, 0), (raster.width, 0), (0, raster.height), (raster.width, raster.height))))
+    bounds = (min(xs), min(ys), max(xs), max(ys))
+    return bounds if raster.crs == crs else transform_bounds(raster.crs, crs, *bounds, densify_pts=21)
 
 
 def overlaps(image: RasterInfo, labels: RasterInfo) -> bool:

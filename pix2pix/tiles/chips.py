@@ -38,6 +38,7 @@ MAX_NODATA_SHARE = 0.5
 MOSTLY_NODATA = "mostly nodata"
 # Chips read in one window: 16 chips of 256 px are ~6 MB of pixels, and one open of each raster.
 CHIPS_PER_GROUP = 16
+NO_LABELS = "no label raster overlaps it"
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,13 @@ def plan_chips(image_uris: list[str], label_uris: list[str], size: int, stride: 
     for image in images:
         over = tuple(label.uri for label in labels if overlaps(image, label))
         if not over:
-            skipped.append((image.uri, "no label raster overlaps it"))
+            skipped.append((image.uri, NO_LABELS))
         elif min(image.width, image.height) < size:
             skipped.append((image.uri, f"{image.width}x{image.height} is smaller than one {size}-pixel chip"))
         else:
             groups += image_groups(image, over, size, stride)
     if not groups:
-        if len(images) == 1 and len(labels) == 1 and skipped[0][1].startswith("no label"):
+        if len(images) == len(labels) == 1 and skipped[0][1] == NO_LABELS:
             raise RasterInputError(f"the label raster {labels[0].uri} does not overlap the image {images[0].uri}")
         reasons = "; ".join(f"{uri}: {reason}" for uri, reason in skipped[:3])
         raise RasterInputError(f"no chips to cut from {len(images)} image raster(s): {reasons}")
