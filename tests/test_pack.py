@@ -1,18 +1,23 @@
 """jobs/pack.py: a folder of XYZ tiles to one PMTiles archive that gives back every tile's
-bytes, identical tiles stored once; and the clear lines for bad input (pack and view)."""
+bytes, identical tiles stored once, with the default pyramid below a wide area, locally and on
+S3; and the clear lines for bad input (pack and view). The class COG: tests/test_class_cog.py;
+the pyramid's pixels: tests/test_pyramid.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 
+import boto3
 import numpy as np
 import pytest
+from PIL import Image
 
 from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
 from pix2pix.tiles.archive import Archive
-from tests.conftest import REPO
+from tests.conftest import REPO, load_job
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -58,6 +63,8 @@ def test_bad_input_ends_in_one_line(folder, tmp_path):
         (("jobs/pack.py", "--input", str(maps), "--output", str(target)), "exists: pass --overwrite"),
         (("jobs/pack.py", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "x.pmtiles")), "no XYZ tiles"),
         (("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "x.zip")), "must end in .pmtiles"),
+        (("jobs/pack.py", "--input", str(maps), "--output", str(tmp_path / "x.pmtiles"), "--min-zoom", "-1"),
+         "--min-zoom must be 0 or more"),
         (("jobs/view.py", "--map", str(tmp_path / "empty")), "no XYZ tiles"),
         (("jobs/view.py", "--map", str(tmp_path / "missing")), "not a folder of tiles"),
         (("jobs/view.py", "--map", str(target)), "not a PMTiles v3 archive"),
@@ -69,3 +76,30 @@ def test_bad_input_ends_in_one_line(folder, tmp_path):
     assert target.read_bytes() == b"an archive from before"
     assert run("jobs/pack.py", "--input", str(maps), "--output", str(target), "--overwrite").returncode == 0
     assert target.read_bytes()[:7] == b"PMTiles"
+
+
+def test_a_wide_area_is_packed_with_its_pyramid_down_to_a_few_tiles_and_goes_to_s3(tmp_path, s3_bucket, capsys):
+    """Eight tiles in a row at zoom 15: the default lowest zoom is 14 (four tiles), its tiles
+    each made of two classes side by side, in the folder and in the archive uploaded to S3."""
+    maps = tmp_path / "maps"
+    for x in range(100, 108):
+        path = maps / "15" / str(x) / "200.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_paletted_png(np.full((64, 64), x % 7, np.uint8), RECIFE_PALETTE))
+    uri = f"s3://{s3_bucket}/city.pmtiles"
+    assert load_job("pack").main(["--input", str(maps), "--output", uri]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["zooms"], summary["pyramid_tiles"], summary["tiles"]) == ([14, 15], {"14": 4}, 12)
+    local = tmp_path / "city.pmtiles"
+    boto3.client("s3").download_file(s3_bucket, "city.pmtiles", str(local))
+    archive = Archive(str(local))
+    try:
+        assert (archive.header["min_zoom"], archive.metadata["minzoom"], archive.metadata["maxzoom"]) == (14, 14, 15)
+        for x in range(50, 54):
+            written = (maps / "14" / str(x) / "100.png").read_bytes()
+            assert archive.get(14, x, 100) == written
+            classes = np.asarray(Image.open(io.BytesIO(written)))
+            assert classes.shape == (64, 64) and (classes[:32, :32] == (2 * x) % 7).all()
+            assert (classes[:32, 32:] == (2 * x + 1) % 7).all() and (classes[32:] == 255).all()
+    finally:
+        archive.close()
