@@ -81,9 +81,14 @@ def assemble_canvas(
 
 
 def fill_invalid(pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """What the generator sees where a raster has no valid pixel: mid-grey, as in a block's
-    holes (bench/raster_nodata_fill.py measures its effect on the valid pixels beside it)."""
-    pixels[~valid] = HOLE_VALUE
+    """What the generator sees where a raster has no valid pixel: its nearest valid pixel's
+    colour. Mid-grey changed the class of 13% of the valid pixels within 8 px of the edge (9%
+    further away: a U-Net sees the whole canvas), edge-extension 2% (bench/raster_nodata_fill.py)."""
+    _, labels = cv2.distanceTransformWithLabels((~valid).view(np.uint8), cv2.DIST_L2, 5,
+                                                labelType=cv2.DIST_LABEL_PIXEL)
+    colours = np.zeros((int(labels.max()) + 1, 3), np.uint8)
+    colours[labels[valid]] = pixels[valid]
+    pixels[~valid] = colours[labels[~valid]]
     return pixels
 
 
