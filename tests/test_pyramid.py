@@ -9,13 +9,14 @@ import io
 import itertools
 import json
 
+import mercantile
 import numpy as np
 import rasterio
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 
-from pix2pix.model.palette import NODATA_CLASS
+from pix2pix.model.palette import NODATA_CLASS, RECIFE_PALETTE
 from pix2pix.tiles.archive import Archive
 from pix2pix.tiles.pyramid import default_min_zoom, mode_of_blocks
 from pix2pix.tiles.viewer import folder_layer
@@ -131,3 +132,41 @@ def test_colour_tiles_are_averaged_with_their_alpha(tmp_path, capsys):
     for (row, column), expected in quarters.items():
         quarter = parent[row * 128:(row + 1) * 128, column * 128:(column + 1) * 128]
         assert (quarter == expected).all(), ((row, column), quarter[0, 0])
+
+
+def test_the_map_page_zoomed_out_shows_the_pyramid_level(tmp_path, recife, capsys):
+    from tests.test_map_page import browser_or_skip, screenshot, start_viewer
+
+    driver = browser_or_skip()
+    write_class_tiles(tmp_path / "maps", recife)
+    assert load_job("pack").main(["--input", str(tmp_path / "maps"), "--output", str(tmp_path / "city.pmtiles"),
+                                  "--min-zoom", "14"]) == 0
+    middle = mercantile.Tile((CORNER.x + COLUMNS // 2) >> 3, (CORNER.y + ROWS // 2) >> 3, 14)  # the area's middle
+    box = mercantile.bounds(middle)
+    colours = np.array(list(RECIFE_PALETTE.values()), np.uint8)
+    process, url = start_viewer(str(tmp_path / "city.pmtiles"), str(tmp_path / "maps"))
+    try:
+        driver.get(f"{url}#14/{(box.south + box.north) / 2:.9f}/{(box.west + box.east) / 2:.9f}")
+        driver.find_element("css selector", "[data-mode=map]").click()
+        image, _ = screenshot(driver)
+        shown = driver.execute_script("return [...document.querySelectorAll('#maps img')]"
+                                      ".filter(i => i.complete && i.naturalWidth).map(i => i.src)")
+        assert shown and all("/map/14/" in source for source in shown), shown
+        # The centre of the screen is the centre of tile `middle`: compare the pixels around it.
+        height, width = image.shape[:2]
+        checked = 0
+        for dy in range(-140, 141, 10):
+            for dx in range(-190, 191, 10):
+                world_x, world_y = middle.x * 256 + 128 + dx, middle.y * 256 + 128 + dy
+                path = tmp_path / "maps" / "14" / str(world_x // 256) / f"{world_y // 256}.png"
+                if not path.exists():
+                    continue
+                index = decoded(path.read_bytes())[world_y % 256, world_x % 256]
+                if index != NODATA_CLASS:
+                    assert tuple(image[height // 2 + dy, width // 2 + dx]) == tuple(colours[index]), (dx, dy)
+                    checked += 1
+        assert checked > 200
+    finally:
+        driver.quit()
+        process.kill()
+        process.wait()
