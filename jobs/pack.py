@@ -6,10 +6,12 @@
 PMTiles: one file instead of millions of objects, served by any static host or bucket that
 answers HTTP Range requests (MapLibre and Leaflet read it with the PMTiles plugin), or by
 `jobs/view.py --map city.pmtiles`. Identical tiles (open water, bare fields) are stored once. The
-archive's metadata carries the TileJSON fields and the palette. First, the zoom levels below the
-translated (deepest) one are built down to --min-zoom and written into the folder beside it (a
-pyramid: each tile from its four children, class tiles by mode, colour tiles averaged; see
-pix2pix/tiles/pyramid.py), so a map zoomed out shows the area in a few tiles, not thousands.
+archive's metadata carries the TileJSON fields and the palette. First, by default, the zoom
+levels below the translated (deepest) one are built down to --min-zoom (by default the deepest
+zoom at which the area fits in 4 x 4 tiles, about a screen; the translated zoom for none) and
+written into the folder beside it, replacing what those levels held there (a pyramid: each tile
+from its four children, class tiles by mode, colour tiles averaged; pix2pix/tiles/pyramid.py), so
+a map zoomed out shows the area in a few tiles rather than thousands.
 
 COG (.tif or .tiff): the translated zoom's paletted class tiles as one single-band uint8
 Cloud-Optimized GeoTIFF in EPSG:3857, its internal tiles the XYZ tiles, the palette its colour

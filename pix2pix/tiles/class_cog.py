@@ -114,7 +114,7 @@ def write_class_cog(tileset: TileSet, levels: int, palette: Palette, path: str) 
                                dtype="uint8", crs="EPSG:3857", transform=grid.transform, nodata=NODATA_CLASS,
                                tiled=True, blockxsize=size, blockysize=size, compress="deflate",
                                sparse_ok=True) as raster:
-                raster.write_colormap(1, colour_table(palette))
+                raster.write_colormap(1, colour_table(palette))  # rio-cogeo carries it to the COG
                 # Blocks no tile covers are never written: sparse, they read as nodata.
                 for tile, classes in ordered_map(lambda tile: (tile, _classes(tileset, tile, size)),
                                                  sorted(tileset.keys)):
@@ -122,7 +122,7 @@ def write_class_cog(tileset: TileSet, levels: int, palette: Palette, path: str) 
             gdal_log.addFilter(_without_palette_warning)
             cog_translate(mosaic, path, profile, nodata=NODATA_CLASS, overview_level=levels,
                           overview_resampling="mode", in_memory=False, allow_intermediate_compression=True,
-                          colormap=colour_table(palette), additional_cog_metadata=tags, quiet=True)
+                          additional_cog_metadata=tags, quiet=True)
     finally:
         gdal_log.removeFilter(_without_palette_warning)
         if os.path.exists(mosaic):
