@@ -15,12 +15,13 @@ import pytest
 import rasterio
 import torch
 from PIL import Image
+from rasterio.enums import ColorInterp
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from pix2pix.model.palette import NODATA_CLASS, RECIFE_PALETTE, palette_classes
 from pix2pix.tiles.chip_inputs import RasterInputError
 from pix2pix.tiles.chips import MOSTLY_NODATA, cut_chips, plan_chips
-from pix2pix.training.pairs import split_for_key
+from pix2pix.training.pairs import decode_pair, split_for_key
 from tests.conftest import REPO, load_job
 from tests.geo_fixtures import ASSIGNED_CRS, assigned_transform, write_geotiff
 
@@ -178,14 +179,39 @@ def test_class_indices_with_a_colour_table_give_the_rgb_maps_pairs(pairs, raster
     assert (from_classes["scene/r0_c256"].labels[:SIZE // 4] == 0).all()  # no label: no class colour
 
 
-def test_image_gaps_skip_chips_mostly_without_data(pairs, rasters, tmp_path):
+def write_with_alpha(path: Path, pixels: np.ndarray, valid: np.ndarray) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=4,
+                       dtype="uint8", crs=ASSIGNED_CRS, transform=assigned_transform(), tiled=True) as dataset:
+        dataset.write(np.concatenate([np.moveaxis(pixels, -1, 0), np.where(valid, 255, 0)[None]]).astype(np.uint8))
+        dataset.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    return path
+
+
+@pytest.mark.parametrize("gaps", ["mask", "alpha"])
+def test_image_gaps_skip_chips_mostly_without_data(pairs, rasters, tmp_path, gaps):
     valid = np.ones((ROWS * SIZE, COLUMNS * SIZE), bool)
     valid[SIZE:, :SIZE + SIZE // 2] = False  # chips r256_c0 and r512_c0 wholly, r256_c256 and r512_c256 half
     valid[SIZE:SIZE + 10, SIZE:SIZE + 2 * SIZE // 3] = False  # r256_c256 just over half
-    write_geotiff(tmp_path / "gappy.tif", mosaic(pairs, 0), assigned_transform(), valid=valid)
+    if gaps == "mask":
+        write_geotiff(tmp_path / "gappy.tif", mosaic(pairs, 0), assigned_transform(), valid=valid)
+    else:
+        write_with_alpha(tmp_path / "gappy.tif", mosaic(pairs, 0), valid)
     chips = cut([str(tmp_path / "gappy.tif")], [str(rasters / "labels.tif")])
+    assert np.array_equal(chips["gappy/r0_c0"].image, pairs[0, 0][0])
     skipped = sorted(key for key, chip in chips.items() if chip.skipped == MOSTLY_NODATA)
     assert skipped == ["gappy/r256_c0", "gappy/r256_c256", "gappy/r512_c0"]
+
+
+def test_label_rasters_under_a_prefix_are_read_together(pairs, rasters, tmp_path):
+    """The labels cut into a west and an east raster that overlap by 100 columns: the chips
+    across the cut get their labels from both, as from the whole."""
+    labels, cut_at = mosaic(pairs, 1), 2 * SIZE + 40
+    (tmp_path / "labels").mkdir()
+    write_geotiff(tmp_path / "labels" / "a_west.tif", labels[:, :cut_at], assigned_transform())
+    write_geotiff(tmp_path / "labels" / "b_east.tif", labels[:, cut_at - 100:], assigned_transform(cut_at - 100))
+    chips = cut([str(rasters / "scene.tif")], [str(tmp_path / "labels")])
+    for (row, column), (sat, expected) in pairs.items():
+        assert np.array_equal(chips[f"scene/r{row * SIZE}_c{column * SIZE}"].labels, expected)
 
 
 def write_plain(path: Path, crs: str | None, transform) -> Path:
@@ -270,8 +296,8 @@ def test_the_job_writes_the_pairs_as_shards_with_the_hash_split(ray_session, pai
         for row in found:
             assert row["layout"] == "paired" and split_for_key(row["key"], 0.3) == split
             position = tuple(int(part[1:]) // SIZE for part in row["key"].split("/")[1].split("_"))
-            sat, labels = pairs[position]
-            assert np.array_equal(png_pixels(row["source"]), sat) and np.array_equal(png_pixels(row["target"]), labels)
+            source, target = decode_pair(row)  # as training decodes a shard row
+            assert np.array_equal(source, pairs[position][0]) and np.array_equal(target, pairs[position][1])
 
 
 @pytest.mark.slow
