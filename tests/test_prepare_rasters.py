@@ -210,8 +210,14 @@ def test_label_rasters_under_a_prefix_are_read_together(pairs, rasters, tmp_path
     write_geotiff(tmp_path / "labels" / "a_west.tif", labels[:, :cut_at], assigned_transform())
     write_geotiff(tmp_path / "labels" / "b_east.tif", labels[:, cut_at - 100:], assigned_transform(cut_at - 100))
     chips = cut([str(rasters / "scene.tif")], [str(tmp_path / "labels")])
-    for (row, column), (sat, expected) in pairs.items():
+    for (row, column), (_, expected) in pairs.items():
         assert np.array_equal(chips[f"scene/r{row * SIZE}_c{column * SIZE}"].labels, expected)
+    # A group of chips reads only the label rasters over its window (32 px chips: two groups a row).
+    west = str(tmp_path / "labels" / "a_west.tif")
+    write_geotiff(tmp_path / "labels" / "a_west.tif", labels[:, :400], assigned_transform())
+    plan = plan_chips([str(rasters / "scene.tif")], [west], 32, 32)
+    assert {group.column: group.labels for group in plan.groups if group.row == 0} == {0: (west,), 512: ()}
+    assert all(chip.skipped == MOSTLY_NODATA for chip in cut_chips(plan.groups[1], 32, 32))
 
 
 def write_plain(path: Path, crs: str | None, transform) -> Path:

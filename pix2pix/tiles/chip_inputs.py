@@ -132,7 +132,18 @@ def footprint(raster: RasterInfo, crs) -> tuple[float, float, float, float]:
     return bounds if raster.crs == crs else transform_bounds(raster.crs, crs, *bounds, densify_pts=21)
 
 
+def pixel_extent(image: RasterInfo, other: RasterInfo) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of ``other``'s footprint in ``image``'s pixel columns and rows."""
+    left, bottom, right, top = footprint(other, image.crs)
+    columns, rows = zip(*(~image.transform @ corner for corner in
+                          ((left, bottom), (left, top), (right, bottom), (right, top))))
+    return min(columns), min(rows), max(columns), max(rows)
+
+
+def intersects(extent: tuple[float, float, float, float], left: float, top: float, right: float,
+               bottom: float) -> bool:
+    return extent[0] < right and left < extent[2] and extent[1] < bottom and top < extent[3]
+
+
 def overlaps(image: RasterInfo, labels: RasterInfo) -> bool:
-    left, bottom, right, top = footprint(image, image.crs)
-    other_left, other_bottom, other_right, other_top = footprint(labels, image.crs)
-    return other_left < right and left < other_right and other_bottom < top and bottom < other_top
+    return intersects(pixel_extent(image, labels), 0, 0, image.width, image.height)

@@ -28,8 +28,10 @@ from pix2pix.tiles.chip_inputs import (
     colour_table,
     describe,
     find_rasters,
+    intersects,
     open_raster,
     overlaps,
+    pixel_extent,
 )
 
 # A chip with more than this share of its pixels without data, in the image or the labels, is
@@ -103,7 +105,7 @@ def plan_chips(image_uris: list[str], label_uris: list[str], size: int, stride: 
                                "(give their folder as a prefix instead)")
     groups, skipped = [], []
     for image in images:
-        over = tuple(label.uri for label in labels if overlaps(image, label))
+        over = [(label.uri, pixel_extent(image, label)) for label in labels if overlaps(image, label)]
         if not over:
             skipped.append((image.uri, NO_LABELS))
         elif min(image.width, image.height) < size:
@@ -118,15 +120,24 @@ def plan_chips(image_uris: list[str], label_uris: list[str], size: int, stride: 
     return ChipPlan(image_uris, label_uris, size, stride, groups, skipped)
 
 
-def image_groups(image: RasterInfo, labels: tuple[str, ...], size: int, stride: int) -> list[ChipGroup]:
+def image_groups(image: RasterInfo, labels: list[tuple[str, tuple]], size: int, stride: int) -> list[ChipGroup]:
+    """The image's chips in groups, each with the label rasters (URI, pixel extent) over its window."""
     columns = list(chip_offsets(image.width, size, stride))
-    return [ChipGroup(image.uri, image.name, labels, row, columns[start], len(columns[start:start + CHIPS_PER_GROUP]))
-            for row in chip_offsets(image.height, size, stride)
-            for start in range(0, len(columns), CHIPS_PER_GROUP)]
+    per_group = max(1, CHIPS_PER_GROUP * size // max(stride, size))  # a sparse stride must not widen the window
+    groups = []
+    for row in chip_offsets(image.height, size, stride):
+        for start in range(0, len(columns), per_group):
+            count = len(columns[start:start + per_group])
+            right = columns[start] + stride * (count - 1) + size
+            over = tuple(uri for uri, extent in labels if intersects(extent, columns[start], row, right, row + size))
+            groups.append(ChipGroup(image.uri, image.name, over, row, columns[start], count))
+    return groups
 
 
 def cut_chips(group: ChipGroup, size: int, stride: int) -> list[Chip]:
     """The group's chips, read in one window of the image and of each label raster."""
+    if not group.labels:
+        return [Chip(key, None, None, MOSTLY_NODATA) for key in group_keys(group, stride)]
     window = Window(group.column, group.row, stride * (group.count - 1) + size, size)
     with open_raster(group.image) as image:
         pixels = np.moveaxis(image.read((1, 2, 3), window=window), 0, -1)
