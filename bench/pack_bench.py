@@ -86,6 +86,29 @@ def validated(cog: str) -> list:
     return [valid, *errors, *warnings]
 
 
+def pyramid_against_overviews(folder: Path, cog: Path) -> dict[str, str]:
+    """Per pyramid level: how many of its tiles equal the class COG's overview there."""
+    import io
+
+    import rasterio
+    from rasterio.windows import from_bounds
+
+    found = {}
+    with rasterio.open(cog) as dataset:
+        for level in range(1, len(dataset.overviews(1)) + 1):
+            zoom = ZOOM - level
+            paths = sorted((folder / str(zoom)).glob("*/*.png"))
+            equal = 0
+            with rasterio.open(cog, overview_level=level - 1) as overview:
+                for path in paths:
+                    box = mercantile.xy_bounds(int(path.parent.name), int(path.stem), zoom)
+                    window = from_bounds(box.left, box.bottom, box.right, box.top, overview.transform)
+                    pixels = overview.read(1, window=window.round_offsets().round_lengths())
+                    equal += np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(path.read_bytes()))))
+            found[str(zoom)] = f"{equal}/{len(paths)}"
+    return found
+
+
 def bench(source: str, output: Path, label: str) -> None:
     archive = measured("--input", source, "--output", str(output / f"{label}.pmtiles"), "--overwrite")
     cog = measured("--input", source, "--output", str(output / f"{label}.tif"), "--overwrite")
@@ -97,7 +120,9 @@ def bench(source: str, output: Path, label: str) -> None:
         "pmtiles": {"seconds": archive["wall_s"], "bytes": archive["archive_bytes"], "peak_mb": archive["peak_mb"],
                     "tiles": archive["tiles"], "unique_tiles": archive["unique_tiles"]},
         "cog_bytes_per_archive_byte": round(cog["cog_bytes"] / archive["archive_bytes"], 3),
-        "pyramid": {"tiles_per_level": archive["pyramid_tiles"], "seconds": archive["pyramid_seconds"]},
+        "pyramid": {"tiles_per_level": archive["pyramid_tiles"], "seconds": archive["pyramid_seconds"],
+                    "equal_to_cog_overviews": pyramid_against_overviews(Path(source), output / f"{label}.tif")
+                    if Path(source).is_dir() else None},
     }), flush=True)
 
 
