@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import posixpath
 import sys
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -197,17 +199,36 @@ def read_window(uris: list[str], bounds: tuple[float, float, float, float], widt
     transform = from_bounds(*bounds, width, height)
     with rasterio.Env(**storage.gdal_settings()):
         for uri in uris:
-            with rasterio.open(uri) as dataset, WarpedVRT(
-                    dataset, crs=WEB_MERCATOR, transform=transform, width=width, height=height,
-                    resampling=RESAMPLING, add_alpha=not _has_alpha(dataset)) as warped:
-                data = warped.read(indexes=[1, 2, 3])
-                mask = warped.dataset_mask() > 0
-            fresh = mask & ~valid
-            pixels[fresh] = np.moveaxis(data, 0, -1)[fresh]
+            dataset = _open_dataset(uri)
+            with WarpedVRT(dataset, crs=WEB_MERCATOR, transform=transform, width=width, height=height,
+                           resampling=RESAMPLING, add_alpha=not _has_alpha(dataset)) as warped:
+                data = warped.read(indexes=[1, 2, 3, 4])  # one warp: colours and alpha together
+            fresh = (data[3] > 0) & ~valid
+            pixels[fresh] = np.moveaxis(data[:3], 0, -1)[fresh]
             valid |= fresh
             if valid.all():
                 break
     return pixels, valid
+
+
+# Each I/O thread keeps its rasters open: reopening one per window cost as much as warping it
+# (header parsing, and GDAL's block cache is dropped with the handle, so neighbouring windows
+# decompressed the same source blocks again). A handle is used by one thread only.
+_OPEN_PER_THREAD = 64
+_open = threading.local()
+
+
+def _open_dataset(uri: str):
+    datasets = getattr(_open, "datasets", None)
+    if datasets is None:
+        datasets = _open.datasets = OrderedDict()
+    if uri in datasets:
+        datasets.move_to_end(uri)
+        return datasets[uri]
+    if len(datasets) >= _OPEN_PER_THREAD:
+        datasets.popitem(last=False)[1].close()
+    datasets[uri] = rasterio.open(uri)
+    return datasets[uri]
 
 
 def _has_alpha(dataset) -> bool:
