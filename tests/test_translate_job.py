@@ -200,8 +200,21 @@ def test_a_stopped_run_resumed_equals_an_uninterrupted_one(ray_session, tiny_che
     assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
 
 
-@slow
-def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_checkpoint, tmp_path):
+CONVERTIBLE = {  # tile key -> (format, mode): every mode a tile may come in that converts to RGB
+    "modes/l.png": ("PNG", "L"), "modes/la.png": ("PNG", "LA"), "modes/p.png": ("PNG", "P"),
+    "modes/rgba.png": ("PNG", "RGBA"), "modes/i16.png": ("PNG", None), "modes/cmyk.jpg": ("JPEG", "CMYK"),
+}
+
+
+@pytest.fixture(scope="module")
+def manifest_run(ray_session, tiny_checkpoint, tmp_path_factory) -> dict:
+    """One run of the job's main, shared by the tests below (a run's start-up is most of its
+    time): good tiles, every kind of bad tile and unsafe key, a missing key, and a tile in every
+    convertible mode, listed in a manifest, with --on-size error and a failure threshold below
+    their share. Its summary (the JSON line the job prints before its error) and its error."""
+    import contextlib
+
+    tmp_path = tmp_path_factory.mktemp("manifest-run")
     good = write_grid(str(tmp_path / "in"))
     jpeg = encoded(smooth_image(7))
     bad = {
@@ -210,13 +223,35 @@ def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_
         "bad/text.jpg": b"this is not an image\n",
         "bad/wrong-size.jpg": encoded(smooth_image(8, size=80)),
     }
-    for key, data in bad.items():
+    image = smooth_image(3)
+    gray16 = (np.asarray(Image.fromarray(image).convert("L"), np.uint16) * 257)
+    modes = {key: encoded(gray16 if mode is None else image, fmt, mode) for key, (fmt, mode) in CONVERTIBLE.items()}
+    for key, data in {**bad, **modes}.items():
         put(str(tmp_path / "in"), key, data)
     unsafe = ["../outside.jpg", "/etc/passwd", "a%2F..%2Fb.jpg", "nul\x00.jpg", "x" * 2000 + ".jpg"]
-    manifest = write_manifest(tmp_path / "keys.parquet", good + list(bad) + unsafe + ["missing/1.jpg"])
-    summary = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint, manifest=manifest,
-                        on_size="error")
-    assert (summary["written"], summary["failed"]) == (len(good), len(bad) + len(unsafe) + 1)
+    manifest = write_manifest(tmp_path / "keys.parquet", good + list(bad) + unsafe + ["missing/1.jpg"] + list(modes))
+    job = load_job("translate")
+    argv = ["translate.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--checkpoint", tiny_checkpoint, "--manifest", manifest, "--on-size", "error", "--threads", "1",
+            "--max-actors", "1", "--max-failed-fraction", "0.2"]
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(sys, "argv", argv)
+        try:
+            job.main()
+            error = None
+        except Exception as raised:  # noqa: BLE001 - the test below checks it
+            error = raised
+    summary = json.loads([line for line in printed.getvalue().splitlines() if line.startswith("{")][-1])
+    return {"summary": summary, "error": error, "out": tmp_path / "out", "root": tmp_path, "good": good,
+            "bad": bad, "unsafe": unsafe, "modes": modes}
+
+
+@slow
+def test_every_bad_tile_kind_is_recorded_and_the_rest_written(manifest_run):
+    summary, good, bad, unsafe = (manifest_run[name] for name in ("summary", "good", "bad", "unsafe"))
+    written = good + list(manifest_run["modes"])
+    assert (summary["written"], summary["failed"]) == (len(written), len(bad) + len(unsafe) + 1)
     reasons = failures(summary)
     assert "cannot decode" in reasons["bad/truncated.jpg"]
     assert reasons["bad/empty.jpg"] == "empty file"
@@ -226,38 +261,20 @@ def test_every_bad_tile_kind_is_recorded_and_the_rest_written(ray_session, tiny_
     assert "'..'" in reasons["../outside.jpg"] and "absolute" in reasons["/etc/passwd"]
     assert "URL-encoded" in reasons["a%2F..%2Fb.jpg"] and "NUL" in reasons["nul\x00.jpg"]
     assert any("longer than" in reason for reason in reasons.values())
-    assert not (tmp_path / "outside.png").exists()
-    assert sorted(outputs(tmp_path / "out")) == sorted(key[:-4] + ".png" for key in good)
+    assert not (manifest_run["root"] / "outside.png").exists()
+    assert sorted(outputs(manifest_run["out"])) == sorted(key[:-4] + ".png" for key in written)
 
     # The CLI turns too many failures into one line and a non-zero exit, after the summary.
-    job = load_job("translate")
-    argv = ["translate.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out2"),
-            "--checkpoint", tiny_checkpoint, "--manifest", manifest, "--threads", "1",
-            "--max-failed-fraction", "0.2"]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", argv)
-        with pytest.raises(Exception, match=r"tiles failed, more than --max-failed-fraction 0.2"):
-            job.main()
+    assert re.search(r"tiles failed, more than --max-failed-fraction 0.2", str(manifest_run["error"]))
 
 
 @slow
-def test_every_convertible_mode_is_translated(ray_session, tiny_checkpoint, tmp_path):
-    image = smooth_image(3)
-    gray16 = (np.asarray(Image.fromarray(image).convert("L"), np.uint16) * 257)
-    tiles = {
-        "modes/l.png": encoded(image, "PNG", "L"),
-        "modes/la.png": encoded(image, "PNG", "LA"),
-        "modes/p.png": encoded(image, "PNG", "P"),
-        "modes/rgba.png": encoded(image, "PNG", "RGBA"),
-        "modes/i16.png": encoded(gray16, "PNG"),
-        "modes/cmyk.jpg": encoded(image, "JPEG", "CMYK"),
-    }
-    for key, data in tiles.items():
-        put(str(tmp_path / "in"), key, data)
-    summary = translate(str(tmp_path / "in"), str(tmp_path / "out"), tiny_checkpoint)
-    assert (summary["written"], summary["failed"]) == (len(tiles), 0)
-    written = outputs(tmp_path / "out")
-    assert all(Image.open(io.BytesIO(data)).mode == "RGB" for data in written.values())
+def test_every_convertible_mode_is_translated(manifest_run):
+    modes, written = manifest_run["modes"], outputs(manifest_run["out"])
+    assert [Image.open(io.BytesIO(data)).mode for data in modes.values()] == \
+        [mode or "I;16" for _, mode in CONVERTIBLE.values()]  # the inputs really are in those modes
+    assert not set(modes) & set(failures(manifest_run["summary"]))
+    assert all(Image.open(io.BytesIO(written[key[:-4] + ".png"])).mode == "RGB" for key in modes)
 
 
 @slow
