@@ -19,8 +19,8 @@ from rasterio.enums import ColorInterp
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 from pix2pix.model.palette import NODATA_CLASS, RECIFE_PALETTE, palette_classes
-from pix2pix.tiles.chip_inputs import RasterInputError
 from pix2pix.tiles.chips import MOSTLY_NODATA, cut_chips, plan_chips
+from pix2pix.tiles.rasters import RasterError
 from pix2pix.training.pairs import decode_pair, split_for_key
 from tests.conftest import REPO, load_job
 from tests.geo_fixtures import ASSIGNED_CRS, assigned_transform, write_geotiff
@@ -257,7 +257,7 @@ def bad_inputs(case: str, rasters: Path, folder: Path) -> tuple[Path, Path]:
 ])
 def test_bad_rasters_are_one_line(rasters, tmp_path, case, message):
     image, labels = bad_inputs(case, rasters, tmp_path)
-    with pytest.raises(RasterInputError, match=message) as raised:
+    with pytest.raises(RasterError, match=message) as raised:
         plan_chips([str(image)], [str(labels)], SIZE, SIZE)
     assert "\n" not in str(raised.value)
 
@@ -277,7 +277,7 @@ def test_inputs_are_found_under_prefixes_and_named_by_their_path(rasters, tmp_pa
     plan = plan_chips([str(tmp_path / "city")], [str(rasters)], SIZE, SIZE)
     assert sorted({group.name for group in plan.groups}) == ["north/scene", "scene"]
     assert plan.chips == 2 * ROWS * COLUMNS
-    with pytest.raises(RasterInputError, match="same keys: scene"):
+    with pytest.raises(RasterError, match="same keys: scene"):
         plan_chips([str(rasters / "scene.tif"), str(tmp_path / "city" / "scene.tif")], [str(rasters)], SIZE, SIZE)
 
 

@@ -19,8 +19,8 @@ from ray.data.expressions import col
 from pix2pix import storage
 from pix2pix.distributed.prepare import ROW_SCHEMA, write_splits
 from pix2pix.images import encode_image
-from pix2pix.tiles.chip_inputs import RasterInputError
 from pix2pix.tiles.chips import Chip, ChipGroup, ChipPlan, cut_chips, group_keys
+from pix2pix.tiles.rasters import RasterError
 from pix2pix.training.pairs import PAIRED, split_for_key
 from pix2pix.training.shards import DATASET_INFO_FILE
 
@@ -66,7 +66,7 @@ def load_chips(batch: pa.Table, size: int, stride: int, val_fraction: float, dir
         group = ChipGroup(**{**fields, "labels": tuple(fields["labels"])})
         try:
             chips = cut_chips(group, size, stride)
-        except (RasterInputError, RasterioError, OSError) as error:  # e.g. a file changed or gone since the plan
+        except (RasterError, RasterioError, OSError) as error:  # e.g. a file changed or gone since the plan
             reason = f"cannot read the windows of {group.image} or its labels: {storage.redact(str(error))}"
             chips = [Chip(key, None, None, reason) for key in group_keys(group, stride)]
         rows += [chip_row(chip, val_fraction, direction) for chip in chips]

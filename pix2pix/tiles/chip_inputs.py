@@ -17,20 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.fs as pafs
 import rasterio
-from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform_bounds
 
 from pix2pix import storage
-from pix2pix.errors import JobError
+from pix2pix.tiles.rasters import RasterError, check_georeferenced, check_image_bands
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 IMAGE, CLASSES, RGB = "image", "classes", "rgb"
-
-
-class RasterInputError(JobError):
-    """An input raster that cannot be used: missing, not a raster, not georeferenced, the wrong
-    bands, or labels that do not overlap the image."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ def open_raster(uri: str) -> Iterator[rasterio.DatasetReader]:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)  # checked, and said better, by describe
                 dataset = rasterio.open(uri)
         except RasterioError as error:
-            raise RasterInputError(f"cannot open {uri} as a raster: {storage.redact(str(error))}") from None
+            raise RasterError(f"cannot open {uri} as a raster: {storage.redact(str(error))}") from None
         with dataset:
             yield dataset
 
@@ -71,43 +65,35 @@ def find_rasters(uris: list[str], role: str) -> list[tuple[str, str]]:
         elif info.type == pafs.FileType.Directory:
             paths = sorted(storage.list_files(location, RASTER_SUFFIXES))
             if not paths:
-                raise RasterInputError(f"no {role} rasters ({', '.join(RASTER_SUFFIXES)}) under {uri}")
+                raise RasterError(f"no {role} rasters ({', '.join(RASTER_SUFFIXES)}) under {uri}")
             found += [(location.uri_of(path), posixpath.splitext(posixpath.relpath(path, location.path))[0])
                       for path in paths]
         else:
-            raise RasterInputError(f"{role} raster not found: {uri}")
+            raise RasterError(f"{role} raster not found: {uri}")
     return found
 
 
 def describe(uri: str, name: str, role: str) -> RasterInfo:
     """The raster's header, checked for its role ("image" or "labels")."""
     with open_raster(uri) as dataset:
-        if dataset.crs is None:
-            raise RasterInputError(f"{uri} has no CRS: chips are placed by their coordinates")
-        if dataset.transform.is_identity:
-            raise RasterInputError(f"{uri} has no geotransform (ground control points are not enough: warp "
-                                   "it onto a grid first, e.g. with gdalwarp)")
-        if set(dataset.dtypes) != {"uint8"}:
-            raise RasterInputError(f"{uri} holds {dataset.dtypes[0]} pixels; expected uint8")
-        kind = image_kind(dataset) if role == "image" else label_kind(dataset)
+        check_georeferenced(uri, dataset)
+        if role == "image":
+            check_image_bands(uri, dataset)
+            kind = IMAGE
+        else:
+            kind = label_kind(uri, dataset)
         return RasterInfo(uri, name, kind, dataset.crs, dataset.transform, dataset.width, dataset.height)
 
 
-def image_kind(dataset) -> str:
-    alpha = dataset.count == 4 and dataset.colorinterp[3] == ColorInterp.alpha
-    if dataset.count != 3 and not alpha:
-        raise RasterInputError(f"{dataset.name} has {dataset.count} bands; an image raster needs RGB "
-                               "(3 bands, with a mask or nodata if it has gaps, or 4 with alpha)")
-    return IMAGE
-
-
-def label_kind(dataset) -> str:
+def label_kind(uri: str, dataset) -> str:
+    if set(dataset.dtypes) != {"uint8"}:
+        raise RasterError(f"{uri} holds {dataset.dtypes[0]} pixels; label rasters must be uint8")
     if dataset.count == 3:
         return RGB
     if dataset.count == 1:
         colour_table(dataset)
         return CLASSES
-    raise RasterInputError(f"{dataset.name} has {dataset.count} bands; a label raster needs 1 band of class "
+    raise RasterError(f"{dataset.name} has {dataset.count} bands; a label raster needs 1 band of class "
                            "indices with a colour table, or 3 (an RGB map)")
 
 
@@ -116,7 +102,7 @@ def colour_table(dataset) -> np.ndarray:
     try:
         table = dataset.colormap(1)
     except ValueError:
-        raise RasterInputError(f"{dataset.name} has one band but no colour table: give the class colours "
+        raise RasterError(f"{dataset.name} has one band but no colour table: give the class colours "
                                "in the raster (e.g. gdalattachpct.py) or an RGB map") from None
     colours = np.zeros((256, 3), np.uint8)
     for index, rgba in table.items():

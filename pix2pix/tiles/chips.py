@@ -24,7 +24,6 @@ from rasterio.windows import Window
 from pix2pix.model.palette import NODATA_CLASS
 from pix2pix.tiles.chip_inputs import (
     RasterInfo,
-    RasterInputError,
     colour_table,
     describe,
     find_rasters,
@@ -33,6 +32,7 @@ from pix2pix.tiles.chip_inputs import (
     overlaps,
     pixel_extent,
 )
+from pix2pix.tiles.rasters import RasterError
 
 # A chip with more than this share of its pixels without data, in the image or the labels, is
 # skipped: it would teach the model mostly the fill colour.
@@ -94,14 +94,14 @@ def chip_offsets(length: int, size: int, stride: int) -> range:
 
 
 def plan_chips(image_uris: list[str], label_uris: list[str], size: int, stride: int) -> ChipPlan:
-    """Find and check every raster (headers only) and group the chips; a RasterInputError before
+    """Find and check every raster (headers only) and group the chips; a RasterError before
     anything is written when an input cannot be used."""
     images = [describe(uri, name, "image") for uri, name in find_rasters(image_uris, "image")]
     labels = [describe(uri, name, "labels") for uri, name in find_rasters(label_uris, "label")]
     names = [image.name for image in images]
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
-        raise RasterInputError(f"two image rasters would give their chips the same keys: {', '.join(twice)} "
+        raise RasterError(f"two image rasters would give their chips the same keys: {', '.join(twice)} "
                                "(give their folder as a prefix instead)")
     groups, skipped = [], []
     for image in images:
@@ -114,9 +114,9 @@ def plan_chips(image_uris: list[str], label_uris: list[str], size: int, stride: 
             groups += image_groups(image, over, size, stride)
     if not groups:
         if len(images) == len(labels) == 1 and skipped[0][1] == NO_LABELS:
-            raise RasterInputError(f"the label raster {labels[0].uri} does not overlap the image {images[0].uri}")
+            raise RasterError(f"the label raster {labels[0].uri} does not overlap the image {images[0].uri}")
         reasons = "; ".join(f"{uri}: {reason}" for uri, reason in skipped[:3])
-        raise RasterInputError(f"no chips to cut from {len(images)} image raster(s): {reasons}")
+        raise RasterError(f"no chips to cut from {len(images)} image raster(s): {reasons}")
     return ChipPlan(image_uris, label_uris, size, stride, groups, skipped)
 
 

@@ -124,14 +124,8 @@ def open_sources(uris: list[str]) -> list[Source]:
 def check_source(uri: str) -> Source:
     try:
         with rasterio.Env(**storage.gdal_settings()), rasterio.open(uri) as dataset:
-            _check_bands(uri, dataset)
-            if dataset.crs is None:
-                raise RasterError(f"{uri} has no CRS: georeference it (e.g. gdal_edit.py -a_srs)")
-            if dataset.transform.is_identity and not dataset.gcps[0]:
-                raise RasterError(f"{uri} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr)")
-            if dataset.gcps[0]:
-                raise RasterError(f"{uri} is georeferenced by ground control points only: warp it first "
-                                  "(gdalwarp) so that it has a geotransform")
+            check_image_bands(uri, dataset)
+            check_georeferenced(uri, dataset)
             lonlat = transform_bounds(dataset.crs, "EPSG:4326", *dataset.bounds, densify_pts=21)
             bounds = transform_bounds(dataset.crs, WEB_MERCATOR, *dataset.bounds, densify_pts=21)
             transform, _, _ = calculate_default_transform(dataset.crs, WEB_MERCATOR, dataset.width,
@@ -141,7 +135,19 @@ def check_source(uri: str) -> Source:
     return Source(uri, tuple(bounds), tuple(lonlat), abs(transform.a))
 
 
-def _check_bands(uri: str, dataset) -> None:
+def check_georeferenced(uri: str, dataset) -> None:
+    """A CRS and a geotransform: what places a raster's pixels (translation and training chips alike)."""
+    if dataset.crs is None:
+        raise RasterError(f"{uri} has no CRS: georeference it (e.g. gdal_edit.py -a_srs)")
+    if dataset.gcps[0]:
+        raise RasterError(f"{uri} is georeferenced by ground control points only: warp it first "
+                          "(gdalwarp) so that it has a geotransform")
+    if dataset.transform.is_identity:
+        raise RasterError(f"{uri} has no geotransform: georeference it (e.g. gdal_edit.py -a_ullr)")
+
+
+def check_image_bands(uri: str, dataset) -> None:
+    """Imagery is uint8 RGB: 3 bands (with an internal mask or nodata where it has gaps) or RGBA."""
     if set(dataset.dtypes) != {"uint8"}:
         raise RasterError(f"{uri} holds {dataset.dtypes[0]} pixels; rasters must be uint8 RGB "
                           "(scale them first, e.g. gdal_translate -ot Byte -scale)")
