@@ -12,6 +12,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# How often Ray Train's controller polls its workers (default 2 s): each start, report, failure
+# and end of a run waits up to one interval for it. The workers' runs take a few seconds here,
+# so the default is a good part of every run's time. Read by the controller, which Ray Train
+# gives the driver's value (in this process, and in every job process the tests start).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
