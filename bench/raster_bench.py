@@ -11,8 +11,8 @@ as JPEG (quality 95). Reported:
   same from the COGs on a loopback S3 server (moto, its own process: its CPU is not counted);
   reading + decoding the pre-cut JPEG tile;
 - jobs/translate.py, default flags, with a width-1 export (the model's cost taken out, see
-  bench/ceiling_bench.py): tiles/s over the steady window and CPU ms per tile over all its
-  processes, from the COGs against from the JPEG tiles.
+  bench/ceiling_bench.py) or a real model (--checkpoint): tiles/s over the steady window and CPU
+  ms per tile over all its processes, from the COGs against from the JPEG tiles.
 """
 
 from __future__ import annotations
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/pix2pix-raster-bench", help="scratch folder")
     parser.add_argument("--copies", type=int, default=8, help="copies of the three scenes")
     parser.add_argument("--skip-jobs", action="store_true", help="only the one-process read costs")
+    parser.add_argument("--checkpoint", help="run the jobs with this model instead of the width-1 export")
     args = parser.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -151,7 +152,7 @@ def main() -> None:
           f"pre-cut JPEG read + decode {decode_ms_per_tile(work / 'jpeg'):.2f}")
     if args.skip_jobs:
         return
-    export = width1_export(work / "width1")
+    export = args.checkpoint or width1_export(work / "width1")
     for name, source in (("COGs", work / "cogs"), ("JPEG tiles", work / "jpeg")):
         job = run_job(REPO, source, work / f"out-{name.split()[0]}", export, jpeg_count)
         print(f"  jobs/translate.py from {name}: {job.get('tiles_per_s', 0):.1f} tiles/s steady, "
