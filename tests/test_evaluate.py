@@ -267,13 +267,13 @@ def test_shards_from_the_prepare_job(ray_session, raw_pairs, tiny_checkpoint, tm
 def _validate_on_rank(rank: int, world_size: int, port: int, config, model_config, results: str) -> None:
     import torch.distributed as dist
 
-    from pix2pix.distributed.train_worker import validate
+    from pix2pix.distributed.train_worker import ValidationPairs, validate
     from pix2pix.training.step import Pix2Pix
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
-        metrics = validate(Pix2Pix(model_config), config, rank, world_size)  # same seed: same weights
+        metrics = validate(Pix2Pix(model_config), config, ValidationPairs(config, rank, world_size))  # same weights
         Path(results, f"{rank}.json").write_text(json.dumps(metrics))
     finally:
         dist.destroy_process_group()

@@ -193,10 +193,18 @@ def test_the_sample_grid_runs_in_the_core():
 def test_train_job_checkpoint_and_validation_intervals(capsys):
     job = load_job("train")
     args = job.parse_args([])
-    assert job.epoch_intervals(args, use_gpu=False) == {"checkpoint_every": 1, "validate_every": 1}
-    assert job.epoch_intervals(args, use_gpu=True) == {"checkpoint_every": 5, "validate_every": 5}  # epochs of seconds
-    given = job.parse_args(["--validate-every", "3"])
-    assert job.epoch_intervals(given, use_gpu=True) == {"checkpoint_every": 5, "validate_every": 3}
+    assert job.epoch_intervals(args, use_gpu=False) == {"checkpoint_every": 1, "checkpoint_minutes": None,
+                                                        "validate_every": 1}
+    # GPU epochs take seconds: checkpoints by wall time, validation every 5 epochs
+    assert job.epoch_intervals(args, use_gpu=True) == {"checkpoint_every": 1, "checkpoint_minutes": 10.0,
+                                                       "validate_every": 5}
+    given = job.parse_args(["--validate-every", "3", "--checkpoint-every", "4"])
+    assert job.epoch_intervals(given, use_gpu=True) == {"checkpoint_every": 4, "checkpoint_minutes": None,
+                                                        "validate_every": 3}
+    by_time = job.parse_args(["--checkpoint-minutes", "2.5"])
+    assert job.epoch_intervals(by_time, use_gpu=False)["checkpoint_minutes"] == 2.5
+    with pytest.raises(SystemExit):
+        job.parse_args(["--checkpoint-minutes", "2", "--checkpoint-every", "3"])
     with pytest.raises(SystemExit) as exit_:
         job.parse_args(["--validate-every", "0"])
     assert exit_.value.code == 2 and "--validate-every must be at least 1" in capsys.readouterr().err
