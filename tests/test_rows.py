@@ -26,11 +26,13 @@ SMALL = GeneratorConfig(ngf=4, depth=6)  # 64 px
 
 
 def test_schemas_follow_the_dataclasses():
-    assert UNIT_SCHEMA.names == ["unit", "key", "tiles", "columns", "rows", "margin", "skipped", "reason"]
+    assert UNIT_SCHEMA.names == ["unit", "key", "tiles", "columns", "rows", "margin", "skipped", "reason", "sources"]
+    assert UNIT_SCHEMA.field("sources").type == pa.list_(pa.string())  # the rasters a raster unit warps from
     assert UNIT_SCHEMA.field("tiles").type == pa.list_(pa.struct([("key", pa.string()), ("col", pa.int64()),
                                                                   ("row", pa.int64()), ("write", pa.bool_())]))
     assert CANVAS_SCHEMA.names[:len(UNIT_SCHEMA)] == UNIT_SCHEMA.names  # a canvas is a unit with pixels
     assert CANVAS_SCHEMA.field("pixels").type == pa.large_binary()
+    assert CANVAS_SCHEMA.field("valid").type == pa.large_binary()  # a raster unit's validity mask
     assert STATUS_SCHEMA.names == ["key", "status", "reason", "count", "bytes_read", "tile_bytes"]
     row = Canvas("u", "k", [TileRef("k", 1, 2, False)], pixels=b"abc", failed=[], bytes_read=7)
     assert to_table([row], Canvas).to_pylist()[0]["tiles"] == [{"key": "k", "col": 1, "row": 2, "write": False}]
