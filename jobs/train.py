@@ -72,7 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint-minutes", type=float, default=None,
                         help=f"checkpoint when this many minutes have passed since the last checkpoint, at the end "
                         f"of an epoch, and at the end (default: {GPU_CHECKPOINT_MINUTES:g} on GPUs unless "
-                        "--checkpoint-every is given). Checkpoints upload in the background while training goes on")
+                        "--checkpoint-every is given)")
     parser.add_argument("--validate-every", type=int, default=None,
                         help=f"validate every N epochs, and at the end (default: 1 on CPUs, {GPU_EVERY} on GPUs)")
     parser.add_argument("--keep-checkpoints", type=int, default=2,

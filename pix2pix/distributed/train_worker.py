@@ -294,15 +294,13 @@ def checkpoint_due(model: Pix2Pix, config: JobConfig, last_checkpoint: float) ->
 
 def report_checkpoint(model: Pix2Pix, config: JobConfig, metrics: dict, samples: dict | None,
                       schedule: EpochSchedule | BudgetSchedule, rank: int) -> None:
-    """Rank 0 writes the checkpoint to a local folder; Ray Train uploads it in a background
-    thread (and then deletes the folder) while training goes on. The report itself stays a
-    barrier of all workers; a run that ends waits for the last upload."""
-    directory = None
-    if rank == 0:
-        directory = tempfile.mkdtemp(prefix=checkpoint_folder_prefix(config))
-        save_checkpoint(model, config, directory, samples, schedule)
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if directory else None,
-                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    """Rank 0 writes the checkpoint to a local folder that the report uploads. The upload is
+    synchronous: with Ray Train's ASYNC mode a worker killed while the upload ran lost that
+    checkpoint, and the chaos test's run restarted from the one before (from scratch)."""
+    with tempfile.TemporaryDirectory(prefix=checkpoint_folder_prefix(config)) as directory:
+        if rank == 0:
+            save_checkpoint(model, config, directory, samples, schedule)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if rank == 0 else None)
 
 
 def checkpoint_folder_prefix(config: JobConfig) -> str:
@@ -310,8 +308,8 @@ def checkpoint_folder_prefix(config: JobConfig) -> str:
 
 
 def remove_unsent_checkpoints(config: JobConfig) -> None:
-    """Local checkpoint folders of this run that a dead worker group left before their upload
-    (a folder is deleted once uploaded): a restarted group's rank 0 removes them."""
+    """Local checkpoint folders of this run that a killed worker group left behind (a folder is
+    deleted once its report returns): a restarted group's rank 0 removes them."""
     pattern = os.path.join(tempfile.gettempdir(), checkpoint_folder_prefix(config) + "*")
     for folder in glob.glob(pattern):
         shutil.rmtree(folder, ignore_errors=True)
