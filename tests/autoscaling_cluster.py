@@ -75,20 +75,32 @@ def autoscaler_config(head_resources: dict, worker_types: dict[str, dict], gcs_a
 @contextlib.contextmanager
 def autoscaling_head(head_resources: dict, worker_types: dict[str, dict], idle_timeout_s: float,
                      env: dict[str, str] | None = None):
-    """Yield (dashboard address, environment for `ray job submit`) of a head whose autoscaler
-    launches ``worker_types`` nodes on demand and terminates them after ``idle_timeout_s``."""
+    """Yield (dashboard address, environment for `ray job submit`, the autoscaler's log tail) of
+    a head whose autoscaler launches ``worker_types`` nodes on demand and terminates them after
+    ``idle_timeout_s``. The log tail is a function: what the autoscaler logged last, for a
+    failure's message."""
     port = free_port()
     config = autoscaler_config(head_resources, worker_types, f"127.0.0.1:{port}", idle_timeout_s)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as file:
         json.dump(config, file)
     assert set(head_resources) <= {"CPU"}, "a head with resources other than CPUs is not supported here"
     fake_env = {**(env or {}), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
     try:
-        with ray_head(env=fake_env, num_cpus=int(head_resources.get("CPU", 0)), port=port,
+        with ray_head(env=fake_env, num_cpus=int(head_resources.get("CPU", 0)), port=port, temp_dir=temp_dir,
                       extra_args=[f"--autoscaling-config={file.name}"]) as (address, client_env):
-            yield address, client_env
+            yield address, client_env, lambda: autoscaler_log_tail(Path(temp_dir))
     finally:
         os.unlink(file.name)
+
+
+def autoscaler_log_tail(temp_dir: Path, lines: int = 60) -> str:
+    """The last lines of the autoscaler's (the monitor's) logs under a head's temp dir."""
+    tails = []
+    for path in sorted((temp_dir / "session_latest" / "logs").glob("monitor.*")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"--- {path.name} ---\n" + "\n".join(text))
+    return "\n".join(tails) or f"no monitor log under {temp_dir}"
 
 
 def _state(address: str, resource: str) -> list[dict]:

@@ -25,9 +25,10 @@ VENV_BIN = Path(sys.executable).parent
 
 @contextlib.contextmanager
 def ray_head(env: dict[str, str] | None = None, num_cpus: int = 2, port: int | None = None,
-             extra_args: list[str] = ()):
-    """Yield (dashboard address, environment for `ray job submit`)."""
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths are length-limited
+             extra_args: list[str] = (), temp_dir: str | None = None):
+    """Yield (dashboard address, environment for `ray job submit`). The head's temp dir (its
+    logs under ``session_latest/logs``) is ``temp_dir`` if given, and is deleted at the end."""
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths are length-limited
     port, dashboard_port = port or free_port(), free_port()
     # Agent ports too: their defaults (e.g. 52365) may be held by another Ray on the machine,
     # such as the test session's own, and a head without its agent accepts no job.

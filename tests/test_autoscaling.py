@@ -41,8 +41,8 @@ def cluster():
     head, types = aws_node_types(REPO / "cluster" / "aws.yaml")
     assert head == {"CPU": 0}, "the config's head runs no tasks"
     scaled = scaled_node_types(types, CPU_DIVISOR, max_nodes=2)
-    with autoscaling_head(head, scaled, IDLE_TIMEOUT_S) as (address, client_env):
-        yield address, client_env, scaled
+    with autoscaling_head(head, scaled, IDLE_TIMEOUT_S) as (address, client_env, autoscaler_log):
+        yield address, client_env, scaled, autoscaler_log
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def timeline(address: str, types: dict, since: float) -> list[str]:
 def test_the_city_pipeline_scales_cpu_nodes_up_from_zero_and_back(cluster, workspace):
     from pix2pix.demo import DEMO_TILE_COLUMNS, DEMO_TILE_ROWS, DEMO_TILE_X0, DEMO_TILE_Y0, DEMO_ZOOM, write_tile_grid
 
-    address, client_env, types = cluster
+    address, client_env, types, autoscaler_log = cluster
     assert worker_nodes(address) == [], "every worker type starts at 0 nodes"
     tiles = write_tile_grid(str(workspace / "city"), DEMO_ZOOM, DEMO_TILE_X0, DEMO_TILE_Y0, DEMO_TILE_COLUMNS,
                             DEMO_TILE_ROWS, tile_size=64)
@@ -107,7 +107,8 @@ def test_the_city_pipeline_scales_cpu_nodes_up_from_zero_and_back(cluster, works
                        "--checkpoint", str(runs / "city"), "--threads", "1")),
     ):
         completed, started = submit(client_env, *entrypoint)
-        assert completed.returncode == 0, f"{stage}: " + completed.stdout[-3000:] + completed.stderr[-3000:]
+        assert completed.returncode == 0, (f"{stage}: " + completed.stdout[-3000:] + completed.stderr[-3000:]
+                                           + "\nthe autoscaler's log:\n" + autoscaler_log())
         if stage == "train":  # quiet by default: Ray Train's ERROR line about its own PreemptionWatcher is filtered
             assert "PreemptionWatcher" not in completed.stdout + completed.stderr
         stages[stage] = (started - began, time.time() - began, summary_of(completed))
@@ -137,7 +138,7 @@ def test_the_city_pipeline_scales_cpu_nodes_up_from_zero_and_back(cluster, works
 
 
 def test_a_worker_no_node_type_can_hold_fails_in_one_line(cluster, workspace):
-    address, client_env, types = cluster
+    address, client_env, types, _ = cluster
     data = workspace / "data"
     if not data.is_dir():
         completed, _ = submit(client_env, "jobs/prepare.py", "--input", str(workspace / "raw"), "--output", str(data))
@@ -153,6 +154,42 @@ def test_a_worker_no_node_type_can_hold_fails_in_one_line(cluster, workspace):
                      r"nothing for it in 3 s", output), output[-3000:]
     assert "Traceback" not in output
     assert len(worker_nodes(address)) == before, "nothing was launched for it"
+
+
+# A job's driver: another requester replaces its request for a node right after it is sent, as
+# Ray Data's AutoscalingCoordinator (a detached actor left by any earlier Ray Data job) does every
+# 20 s with its own requests, an empty list when it has none.
+REPLACED_REQUEST_JOB = """
+import json, threading, time
+import ray
+from ray._private.ray_constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+from ray.autoscaler.sdk import request_resources
+from ray.experimental.internal_kv import _internal_kv_get
+from pix2pix.distributed.capacity import wait_for_node
+
+ray.init()
+
+def replace_the_first_request():
+    while json.loads(_internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL) or b"[]") == []:
+        time.sleep(0.005)
+    request_resources(bundles=[])
+    print("another requester replaced the request", flush=True)
+
+threading.Thread(target=replace_the_first_request, daemon=True).start()
+print(json.dumps({"waited": wait_for_node({"CPU": 1.0}, "a task", "ask for less", idle_limit_s=20)}))
+"""
+
+
+def test_a_request_replaced_by_another_requester_still_gets_its_node(cluster):
+    address, client_env, _, autoscaler_log = cluster
+    wait_until(lambda: all(node["state"] == "DEAD" for node in worker_nodes(address)), IDLE_TIMEOUT_S + 90,
+               "no worker node, so that the job must ask for one")
+    before = len(worker_nodes(address))
+    completed, _ = submit(client_env, "-c", REPLACED_REQUEST_JOB, timeout=300)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:] + "\nthe autoscaler's log:\n" + autoscaler_log()
+    assert "another requester replaced the request" in output
+    assert summary_of(completed)["waited"] > 0 and len(worker_nodes(address)) > before
 
 
 def test_without_room_and_without_a_launch_the_wait_ends_in_one_line(ray_session, monkeypatch):

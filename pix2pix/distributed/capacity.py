@@ -4,7 +4,8 @@ A worker or an actor waits until a node can hold it. On an autoscaling cluster t
 adds such a node if one of its node types is big enough; if none is, Ray waits forever and the
 autoscaler only logs it. So before a job starts its work it checks that some alive node could
 hold one of its bundles; if none can, it asks the autoscaler for one (``request_resources``) and
-waits, saying what it waits for, until such a node is up. It gives up in one line when nothing
+waits, saying what it waits for, until such a node is up (the request is sent again at every
+poll, since other requesters on the cluster replace it). It gives up in one line when nothing
 can come: no autoscaler runs, or the autoscaler launches nothing for ``IDLE_LIMIT_S`` (the
 environment variable ``PIX2PIX_AUTOSCALER_WAIT_S`` sets another limit).
 """
@@ -22,8 +23,7 @@ from ray.autoscaler.sdk import request_resources
 
 from pix2pix.errors import JobError
 
-# The autoscaler decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S), slower on a busy head (a
-# 2-core test cluster once launched nothing in 30 s while it retired the last job's nodes):
+# The autoscaler decides every 5 s (AUTOSCALER_UPDATE_INTERVAL_S), slower on a busy head:
 # twelve rounds that launch nothing is its verdict. A launching node keeps the wait going.
 IDLE_LIMIT_S = 60.0
 # A cluster whose autoscaler decides less often (a larger AUTOSCALER_UPDATE_INTERVAL_S, a busy
@@ -110,9 +110,14 @@ def wait_for_node(bundle: dict[str, float], what: str, hint: str, log: Callable[
         raise refusal("no autoscaler runs to add one")
     started = last_launch = last_report = time.monotonic()
     log(f"waiting for a node for {what} {describe(bundle)}: asking the autoscaler")
-    request_resources(bundles=[bundle])
     try:
         while not any(holds(node, bundle) for node in alive_nodes()):
+            # Sent again at every poll: a request is one value for the whole cluster, and other
+            # requesters overwrite it. Ray Data's AutoscalingCoordinator, a detached actor that
+            # outlives the job that started it, sends its merged requests every 20 s, an empty
+            # list when it has none; once it had replaced ours before the autoscaler read it,
+            # and the job gave up on a cluster whose node types could hold it.
+            request_resources(bundles=[bundle])
             now = time.monotonic()
             if autoscaler_launching():
                 last_launch = now
@@ -124,7 +129,7 @@ def wait_for_node(bundle: dict[str, float], what: str, hint: str, log: Callable[
                 last_report = now
             time.sleep(POLL_S)
     finally:
-        request_resources(bundles=[])  # the request persists until replaced: the job's own demand takes over
+        request_resources(bundles=[])  # it persists until replaced: the job's own demand takes over
     waited = time.monotonic() - started
     log(f"a node for {what} is up after {waited:.0f} s")
     return waited
