@@ -55,7 +55,7 @@ from pix2pix.tiles.plan import (
     read_manifest_part,
     selected_tile_count,
 )
-from pix2pix.tiles.preview import PreviewSamples, write_preview
+from pix2pix.tiles.preview import PreviewSamples, input_tiles, write_preview
 from pix2pix.tiles.rows import UNIT_SCHEMA
 from pix2pix.tiles.tileset import TILEJSON_FILE, TileSetError, scan, tilejson, xyz_template
 from pix2pix.tiles.translator import default_micro_batch
@@ -262,7 +262,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
     else:
         tiles_json, template = None, None
     if options.preview:
-        write_preview(options.preview, run.input_root, run.output, samples, options.image_format, run.image_size)
+        preview(options.preview, run, samples, options.image_format)
     planned_at = pipeline.progress.planned_at
     planning_s = round(planned_at - started_wall, 2) if planned_at else None
     return summarise(options, run, pipeline, outcome, started, tiles_json, template) | {"planning_s": planning_s}
@@ -375,11 +375,25 @@ def write_tilejson(run: Run) -> tuple[str | None, str | None]:
     return location.uri, template
 
 
+def preview(uri: str, run: Run, samples: PreviewSamples, image_format: str) -> None:
+    """--preview, a side concern: a preview that cannot be written is a warning, not a failure."""
+    if run.raster:
+        sources = run.raster.sources
+        load_source = lambda key: rasters.read_tile(sources, key, run.image_size)  # noqa: E731
+    else:
+        load_source = input_tiles(run.input_root, run.image_size)
+    try:
+        if not write_preview(uri, load_source, run.output, samples, image_format, run.image_size):
+            print("warning: no translated tile to show in --preview", file=sys.stderr, flush=True)
+    except OSError as error:
+        print(storage.redact(f"warning: could not write --preview {uri}: {error}"), file=sys.stderr, flush=True)
+
+
 def _check_locations(input_root, output, options: TranslateOptions, raster_input: bool) -> None:
     if raster_input:
-        for flag, given in (("--manifest", options.manifest), ("--preview", options.preview)):
-            if given:
-                raise TranslateError(f"{flag} needs XYZ tile input; {options.input} is raster input")
+        if options.manifest:
+            raise TranslateError(f"--manifest lists XYZ tiles to read; {options.input} is raster input: "
+                                 "choose its area with --bbox")
     else:
         if not options.manifest and not storage.is_dir(input_root):
             raise TranslateError(f"input not found or not a folder: {options.input}")

@@ -1,9 +1,15 @@
-"""--preview: a picture of a translated region, source and translation side by side."""
+"""--preview: a picture of a translated region, source and translation side by side.
+
+The source side comes from a loader: the input tile for XYZ input (``input_tiles``), the
+window warped from the rasters for raster input (``rasters.read_tile``)."""
 
 from __future__ import annotations
 
 import io
 import posixpath
+from collections.abc import Callable
+
+import numpy as np
 
 from pix2pix import storage
 from pix2pix.images import BadImage, decode_image, image_grid, side_by_side
@@ -25,7 +31,7 @@ class PreviewSamples:
         self.loose: list[str] = []
 
     def offer(self, key: str) -> None:
-        tile = parse_tile_key(key)
+        tile = parse_tile_key(key) or parse_tile_key(key, extension=False)
         if tile is None:
             if len(self.loose) < MAX_LOOSE:
                 self.loose.append(key)
@@ -36,10 +42,18 @@ class PreviewSamples:
             self.tiles[tile] = key
 
 
-def write_preview(uri: str, input_root: storage.Location, output: storage.Location, samples: PreviewSamples,
+SourceLoader = Callable[[str], np.ndarray | None]
+
+
+def input_tiles(input_root: storage.Location, tile_size: int) -> SourceLoader:
+    """The source side of XYZ input: the input tile at a key, fitted to the tile size."""
+    return lambda key: _load(input_root, key, tile_size)
+
+
+def write_preview(uri: str, load_source: SourceLoader, output: storage.Location, samples: PreviewSamples,
                   image_format: str, tile_size: int) -> bool:
     """Write a PNG of a region of the run's tiles; False when no tile could be shown."""
-    pairs = _region_pairs(input_root, output, samples, image_format, tile_size)
+    pairs = _region_pairs(load_source, output, samples, image_format, tile_size)
     if not pairs:
         return False
     if all(isinstance(k, TileKey) for k in pairs):
@@ -55,7 +69,8 @@ def write_preview(uri: str, input_root: storage.Location, output: storage.Locati
     return True
 
 
-def _region_pairs(input_root, output, samples: PreviewSamples, image_format: str, tile_size: int) -> dict:
+def _region_pairs(load_source: SourceLoader, output, samples: PreviewSamples, image_format: str,
+                  tile_size: int) -> dict:
     if samples.tiles:
         # The region starts at the sampled tile nearest the sample's top-left corner.
         left = min(t.x for t in samples.tiles)
@@ -71,7 +86,7 @@ def _region_pairs(input_root, output, samples: PreviewSamples, image_format: str
         keys = {key: key for key in samples.loose}
     pairs = {}
     for name, key in keys.items():
-        source = _load(input_root, key, tile_size)
+        source = load_source(key)
         translated = _load(output, output_key(key, image_format), tile_size)
         if source is not None and translated is not None:
             pairs[name] = (source, translated)

@@ -217,6 +217,21 @@ def read_window(uris: list[str], bounds: tuple[float, float, float, float], widt
     return pixels, valid
 
 
+def read_tile(sources: list[Source], key: str, size: int) -> np.ndarray | None:
+    """The pixels of the tile at ``key`` ("z/x/y") warped from the sources, white where no
+    source is valid (the previews' background); None where no source is valid or readable."""
+    z, x, y = map(int, key.split("/"))
+    bounds = tuple(mercantile.xy_bounds(x, y, z))
+    try:
+        pixels, valid = read_window([source.uri for source in intersecting(sources, bounds)], bounds, size, size)
+    except RasterioError:
+        return None
+    if not valid.any():
+        return None
+    pixels[~valid] = 255
+    return pixels
+
+
 # Each I/O thread keeps its rasters open: reopening one per window cost as much as warping it
 # (header parsing, and GDAL's block cache is dropped with the handle, so neighbouring windows
 # decompressed the same source blocks again). A handle is used by one thread only.

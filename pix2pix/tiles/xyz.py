@@ -32,8 +32,9 @@ def in_grid(z: int, x: int, y: int) -> bool:
     return 0 <= z <= MAX_ZOOM and 0 <= x < 2**z and 0 <= y < 2**z
 
 
-def parse_tile_key(path: str) -> TileKey | None:
-    """TileKey from a key ending in z/x/y.ext ("17/38591/49283.jpg", "city/17/38591/49283.png").
+def parse_tile_key(path: str, extension: bool = True) -> TileKey | None:
+    """TileKey from a key ending in z/x/y.ext ("17/38591/49283.jpg", "city/17/38591/49283.png"),
+    or with ``extension=False`` in z/x/y (the keys of tiles warped from rasters: "17/38591/49283").
 
     Returns None when the last three parts are not a valid z/x/y with an extension.
     """
@@ -42,7 +43,7 @@ def parse_tile_key(path: str) -> TileKey | None:
         return None
     z_text, x_text, filename = parts[-3:]
     y_text, dot, ext = filename.partition(".")
-    if not dot or not ext:
+    if extension != bool(dot and ext):
         return None
     if not all(_NUMBER.fullmatch(t) for t in (z_text, x_text, y_text)):
         return None
