@@ -695,7 +695,11 @@ def test_translate_places_generators_on_gpus_and_runs_on_cpus_alone(monkeypatch)
     fake_cluster(monkeypatch, {"CPU": 44.0, "GPU": 2.0})  # two GPU nodes and a CPU node
     plan = plan_translate_resources(options)
     assert plan.device == "cuda" and plan.max_actors == 2 and plan.actor_cpus == 1.0
-    assert plan.io_actors > 1  # read/write actors (CPU only) on the remaining CPUs
+    assert plan.read_actors > 1 and plan.write_actors > 1  # read/write actors (CPU only) on the remaining CPUs
+    # The spare CPUs are shared by measured CPU per tile: warping from rasters costs ~15x a tile's read.
+    assert plan.read_actors < plan.write_actors
+    from_rasters = plan_translate_resources(options, rasters=True)
+    assert from_rasters.read_actors > 5 * from_rasters.write_actors and from_rasters.write_actors >= 4
     fake_cluster(monkeypatch, {"CPU": 4.0})  # CPU-only cluster: everything still runs
     plan = plan_translate_resources(options)
     assert plan.device == "cpu" and plan.max_actors >= 1
@@ -707,7 +711,8 @@ def test_translate_gpu_on_an_autoscaling_cluster_with_no_gpu_node_yet(monkeypatc
     fake_cluster(monkeypatch, {"CPU": 0.0})
     plan = plan_translate_resources(TranslateOptions(input="s3://b/sat", output="s3://b/map", checkpoint="s3://b/run",
                                            gpu=True, max_actors=4))
-    assert plan.device == "cuda" and plan.max_actors == 4 and plan.io_actors >= 8  # CPU nodes get asked for too
+    assert plan.device == "cuda" and plan.max_actors == 4  # CPU nodes get asked for too:
+    assert plan.write_actors == 8 and plan.read_actors >= 6  # two write actors per GPU and the reads for them
 
 
 def launches_for(node_types: dict, head_type: str, bundle: dict) -> tuple[dict, list]:

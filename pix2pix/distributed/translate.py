@@ -63,6 +63,12 @@ from pix2pix.tiles.xyz import MAX_ZOOM
 
 FAILURES_DIR = "_failures"
 IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
+# CPU ms per tile in the read and write actors, measured with the model's cost taken out
+# (bench/README.md, "The GPU ceiling" and "Reading rasters"; 2-vCPU EPYC): reading + decoding a
+# JPEG tile, warping a tile's window from COGs, encoding a paletted PNG + writing it. Next to a
+# GPU, each pool gets the share of the spare CPUs its work takes per tile.
+READ_MS = {"tiles": 0.8, "rasters": 12.2}
+WRITE_MS = 1.2
 # Per planning task. Planning is listing, mostly waiting on storage; a reservation other than
 # the read actors' also keeps Ray Data from fusing the two, which planned each shard only when a
 # read actor came to it: the run's total was known near its end.
@@ -121,15 +127,17 @@ class TranslateResources:
     actor_cpus: float
     min_actors: int
     max_actors: int
-    io_actors: int  # the most read actors, and write actors
+    read_actors: int  # the most read actors
+    write_actors: int  # the most write actors
 
 
-def plan_translate_resources(options: TranslateOptions) -> TranslateResources:
-    """GPU actors: one GPU each, and all remaining CPUs for reading and writing (encoding PNGs
-    is the bottleneck next to a GPU). CPU actors: one torch thread each by default, one actor
-    per CPU: two single-threaded actors beat one two-threaded actor (bench/README.md,
-    Translation), since decode/encode on the same cores stall a multi-threaded generator's
-    OpenMP barriers.
+def plan_translate_resources(options: TranslateOptions, rasters: bool = False) -> TranslateResources:
+    """GPU actors: one GPU each, and all remaining CPUs for reading and writing (next to a GPU
+    they are the bottleneck), shared by the two in proportion to their measured CPU per tile
+    (``READ_MS``: warping from ``rasters`` costs ~15x reading tiles). CPU actors: one torch
+    thread each by default, one actor per CPU: two single-threaded actors beat one two-threaded
+    actor (bench/README.md, Translation), since decode/encode on the same cores stall a
+    multi-threaded generator's OpenMP barriers.
     Their CPU reservation is smaller than their threads, so read/write actors fit beside them."""
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 1), int(cluster.get("GPU", 0))
@@ -142,15 +150,21 @@ def plan_translate_resources(options: TranslateOptions) -> TranslateResources:
         high = max(options.max_actors or max(gpus, 1), low)
         actor_cpus = 1.0
         spare = cpus - min(high, gpus) * actor_cpus - IO_CPUS
-        # Every spare CPU, and at least two read and two write actors per GPU actor even when the
-        # CPUs are not there yet (the autoscaler adds CPU nodes for them).
-        io_actors = max(int(spare / (2 * IO_CPUS)), 2 * high)
+        read_ms = READ_MS["rasters" if rasters else "tiles"]
+        read_share = read_ms / (read_ms + WRITE_MS)
+        # Every spare CPU, and at least two write actors per GPU actor and the read actors that
+        # keep up with them, even when the CPUs are not there yet (the autoscaler adds CPU nodes).
+        write_actors = max(int(spare * (1 - read_share) / IO_CPUS), 2 * high)
+        read_actors = max(int(spare * read_share / IO_CPUS), math.ceil(2 * high * read_ms / WRITE_MS))
     else:
         high = max(options.max_actors or max(1, int(cpus // threads)), low)
-        io_actors = max(1, math.ceil(high / 4))  # PNG encoding is ~1/6 of a CPU generator's work
+        # PNG encoding is ~1/6 of a CPU generator's work; a raster window's warp is less than that
+        # of a real model's forward too (bench/README.md, "Georeferenced input").
+        read_actors = write_actors = max(1, math.ceil(high / 4))
         # Leave room for the read and write actors and one planning task.
-        actor_cpus = min(float(threads), max(0.1, (cpus - (2 * io_actors + 1) * IO_CPUS) / high))
-    return TranslateResources("cuda" if use_gpu else "cpu", threads, round(actor_cpus, 2), low, high, io_actors)
+        actor_cpus = min(float(threads), max(0.1, (cpus - (read_actors + write_actors + 1) * IO_CPUS) / high))
+    return TranslateResources("cuda" if use_gpu else "cpu", threads, round(actor_cpus, 2), low, high, read_actors,
+                              write_actors)
 
 
 @dataclass(frozen=True)
@@ -269,7 +283,7 @@ def translate(options: TranslateOptions, run: Run | None = None) -> dict:
 
 
 def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
-    resources = plan_translate_resources(options)
+    resources = plan_translate_resources(options, rasters=run.raster is not None)
     # A GPU cluster's driver may have no GPU: then each actor resolves "auto" on its own GPU.
     local = resources.device == "cpu" or torch.cuda.is_available()
     precision = inference_precision(options.precision, resources.device, run.trained_precision) if local \
@@ -281,7 +295,6 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     # A context block is already BLOCK_TILES^2 tiles.
     units_per_block = 1 if run.margin else max(BLOCK_UNITS, units_per_call)
     canvas_bytes = 3 * (run.image_size * (BLOCK_TILES if run.margin else 1) + 2 * run.margin) ** 2
-    io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=resources.io_actors)
     read_kwargs = {"input_root": run.input_root, "image_size": run.image_size, "on_size": options.on_size}
     if run.raster:
         read_kwargs["rasters"] = True
@@ -302,7 +315,8 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
     units.context.target_max_block_size = units_per_block * canvas_bytes
     statuses = (
         units.map_batches(ReadStage, batch_size=units_per_block, batch_format="pyarrow", num_cpus=IO_CPUS,
-                          compute=io_pool, fn_constructor_kwargs=read_kwargs)
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.read_actors),
+                          fn_constructor_kwargs=read_kwargs)
         .map_batches(
             GeneratorStage, batch_size=units_per_call, batch_format="pyarrow",
             fn_constructor_kwargs={
@@ -315,7 +329,8 @@ def build_pipeline(options: TranslateOptions, run: Run) -> Pipeline:
             num_cpus=resources.actor_cpus, num_gpus=1 if resources.device == "cuda" else 0,
         )
         .map_batches(WriteStage, batch_size=units_per_block, batch_format="pyarrow", num_cpus=IO_CPUS,
-                     compute=io_pool, fn_constructor_kwargs={
+                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.write_actors),
+                     fn_constructor_kwargs={
                          "output": run.output, "image_format": options.image_format, "image_size": run.image_size,
                          "palette": run.palette})
     )
