@@ -7,13 +7,16 @@ model taken out, against what the same CPUs do for the same work in plain proces
 Over the real Recife train split (1,500 pairs, prepared by jobs/prepare.py into WORK/recife),
 all at once in one run, so that the machine's load hits them alike; N = os.cpu_count():
 - the input stream alone (``TrainingPairs``: shard reads, decode, the paper's augmentation,
-  batches of 1) with 1 decode thread (the CPU workers' default) and with N;
+  batches of 1) with 1 decode thread (the CPU workers' default) and with N: its first epoch,
+  which decodes every pair and keeps it resized, and its second on the same reader, which
+  only crops and flips the kept pairs and reads no shard ("kept");
 - the ceiling: N plain processes, each decoding and augmenting its share of the same epoch's
   pairs (records read before the clock starts); and 1 such process, whose rate gives the CPU
   ms per pair;
 - the alternative to threads: a process pool (torch's DataLoader, N worker processes, 8 pairs
   per task, tensors back through shared memory).
-Target: the stream with N threads >= 0.8x the N plain processes.
+Target: the stream with N threads >= 0.8x the N plain processes (which decode every pair, as
+a first epoch must).
 
 Then (not with --no-job) the fixed costs of an epoch of a width-1 training job (ngf 1, ndf 1,
 batch 1, 2 epochs: the second is reported): the wait for the first batch (the first shard's
@@ -68,11 +71,16 @@ def cpu_seconds() -> float:
 
 # ---- the stream, the pool, the plain processes -------------------------------------------------
 
-def stream(data: str, decode_workers: int) -> dict:
-    """Pairs/s and CPU ms per pair of a whole epoch of the input stream, shard reads included."""
+def stream(data: str, decode_workers: int) -> tuple[dict, dict]:
+    """Pairs/s and CPU ms per pair of the input stream's first epoch (shard reads, decoding, pairs
+    kept) and of its second on the same reader (from the kept pairs)."""
     pairs = reader(data, decode_workers)
+    return stream_epoch(pairs, 0), stream_epoch(pairs, 1)
+
+
+def stream_epoch(pairs, epoch: int) -> dict:
     started, cpu = time.perf_counter(), cpu_seconds()
-    count = sum(batch["source"].shape[0] for batch in pairs.epoch(0))
+    count = sum(batch["source"].shape[0] for batch in pairs.epoch(epoch))
     seconds = time.perf_counter() - started
     return {"pairs_per_s": count / seconds, "cpu_ms_per_pair": 1000 * (cpu_seconds() - cpu) / count}
 
@@ -153,14 +161,12 @@ def input_figures(data: str, work: Path) -> list[dict]:
     cpus = os.cpu_count()
     rounds = []
     for _ in range(ROUNDS):  # interleaved: the load's drift hits every figure of a round alike
-        rounds.append({
-            f"plain {cpus} processes": plain_processes(data, cpus, work),
-            f"stream, {cpus} decode threads": stream(data, cpus),
-            "plain 1 process": plain_processes(data, 1, work),
-            "stream, 1 decode thread": stream(data, 1),
-            f"process pool, {cpus} processes": process_pool(data, cpus),
-            "load": os.getloadavg()[0],
-        })
+        figures = {f"plain {cpus} processes": plain_processes(data, cpus, work)}
+        figures[f"stream, {cpus} decode threads"], figures[f"stream, {cpus} decode threads, kept"] = stream(data, cpus)
+        figures["plain 1 process"] = plain_processes(data, 1, work)
+        figures["stream, 1 decode thread"], figures["stream, 1 decode thread, kept"] = stream(data, 1)
+        figures[f"process pool, {cpus} processes"] = process_pool(data, cpus)
+        rounds.append(figures | {"load": os.getloadavg()[0]})
     return rounds
 
 
@@ -225,7 +231,7 @@ def training(work: Path, job: bool = True) -> None:
     for name in (name for name in rounds[0] if name != "load"):
         figures = [r[name] for r in rounds]
         cpu = [f"{f['cpu_ms_per_pair']:.2f}" for f in figures if "cpu_ms_per_pair" in f]
-        print(f"  {name:32s} " + ", ".join(f"{f['pairs_per_s']:7.1f}" for f in figures) + " pairs/s"
+        print(f"  {name:38s} " + ", ".join(f"{f['pairs_per_s']:7.1f}" for f in figures) + " pairs/s"
               + (f"; CPU {', '.join(cpu)} ms/pair" if cpu else ""))
     rates = [{name: figures["pairs_per_s"] for name, figures in r.items() if name != "load"} for r in rounds]
     for label, rate in [*((f"round {n}", rate) for n, rate in enumerate(rates, 1)),
@@ -236,6 +242,11 @@ def training(work: Path, job: bool = True) -> None:
               f"{rate['stream, 1 decode thread'] / ceiling:.2f}x, process pool "
               f"{rate[f'process pool, {cpus} processes'] / ceiling:.2f}x; 1 plain process "
               f"{1000 / rate['plain 1 process']:.2f} ms/pair")
+        print(f"    kept pairs (second epoch): stream with {cpus} threads "
+              f"{rate[f'stream, {cpus} decode threads, kept'] / ceiling:.2f}x the {cpus} plain processes "
+              f"({rate[f'stream, {cpus} decode threads, kept'] / rate[f'stream, {cpus} decode threads']:.2f}x "
+              f"its first epoch), with 1 thread {rate['stream, 1 decode thread, kept'] / ceiling:.2f}x "
+              f"({rate['stream, 1 decode thread, kept'] / rate['stream, 1 decode thread']:.2f}x its first epoch)")
     if job:
         report_fixed_costs(fixed_costs(data, work))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import
 
@@ -39,16 +40,38 @@ def paired_transform(image_size: int, train: bool, seed: int | None = None,
     cubic resize invents in-between colours along every class edge (2.5% of a Recife map's
     pixels), which the generator would then learn to paint. (The paper's code resizes both
     bicubically: ``target_interpolation=cv2.INTER_CUBIC``.)"""
-    interpolation = {"interpolation": cv2.INTER_CUBIC, "mask_interpolation": target_interpolation}
     if train:
-        load = load_size_for(image_size)
-        steps = [
-            A.Resize(load, load, **interpolation),
-            A.RandomCrop(crop_size or image_size, crop_size or image_size),
-            A.HorizontalFlip(p=0.5) if flips == "horizontal" else A.SquareSymmetry(p=1.0),
-        ]
+        steps = [_resize(load_size_for(image_size), target_interpolation), *_random_steps(image_size, crop_size, flips)]
     else:
-        steps = [A.Resize(image_size, image_size, **interpolation)]
+        steps = [_resize(image_size, target_interpolation)]
+    return _paired(steps, seed)
+
+
+def load_transform(image_size: int) -> A.Compose:
+    """The first step of ``paired_transform(train=True)`` alone: the resize to the load size, the
+    same for a pair in every epoch."""
+    return _paired([_resize(load_size_for(image_size), cv2.INTER_NEAREST)])
+
+
+def random_transform(image_size: int, crop_size: int | None = None, flips: str = "horizontal") -> A.Compose:
+    """The rest of ``paired_transform(train=True)``: its random crop and flip, for a pair already at
+    the load size. Seeded as the whole (``seed_transform``), it draws the same numbers as the whole
+    does, so ``random_transform(load_transform(pair))`` equals ``paired_transform(pair)`` byte for
+    byte: each Compose draws one number for its own p, and albumentations (2.0) draws none for a
+    step of p=1 without random parameters, which the Resize is; the crop and flip come next in both."""
+    return _paired(_random_steps(image_size, crop_size, flips))
+
+
+def _resize(size: int, target_interpolation: int) -> A.Resize:
+    return A.Resize(size, size, interpolation=cv2.INTER_CUBIC, mask_interpolation=target_interpolation)
+
+
+def _random_steps(image_size: int, crop_size: int | None, flips: str) -> list:
+    crop = crop_size or image_size
+    return [A.RandomCrop(crop, crop), A.HorizontalFlip(p=0.5) if flips == "horizontal" else A.SquareSymmetry(p=1.0)]
+
+
+def _paired(steps: list, seed: int | None = None) -> A.Compose:
     return A.Compose(steps, additional_targets={"target": "mask"}, seed=seed)
 
 
@@ -81,16 +104,31 @@ class EpochAugmentation:
 
     def __call__(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
         """A shard row -> (source, target), uint8 CHW."""
-        transform = self._transform()
-        seed_transform(transform, pair_seed(self.seed, self.epoch, record["key"]))
-        source, target = augment_pair(transform, *decode_pair(record))
+        transform = self._transform("whole", lambda: paired_transform(self.image_size, train=True,
+                                                                      crop_size=self.crop_size, flips=self.flips))
+        return self._augmented(transform, record["key"], *decode_pair(record))
+
+    def load(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
+        """A shard row decoded and resized to the load size: (source, target), HxWx3 uint8, the same
+        in every epoch (``load_transform``)."""
+        return augment_pair(self._transform("load", lambda: load_transform(self.image_size)), *decode_pair(record))
+
+    def crop_and_flip(self, key: str, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The random rest on a pair from ``load``, drawn as for ``key`` in this epoch: uint8 CHW, and
+        ``crop_and_flip(key, *load(record))`` equals ``self(record)`` byte for byte. Reads the pair's
+        arrays and never writes them (they may be shared)."""
+        transform = self._transform("random", lambda: random_transform(self.image_size, self.crop_size, self.flips))
+        return self._augmented(transform, key, source, target)
+
+    def _augmented(self, transform: A.Compose, key: str, source: np.ndarray, target: np.ndarray):
+        seed_transform(transform, pair_seed(self.seed, self.epoch, key))
+        source, target = augment_pair(transform, source, target)
         return source.transpose(2, 0, 1), target.transpose(2, 0, 1)
 
-    def _transform(self) -> A.Compose:
-        if not hasattr(self._local, "transform"):
-            self._local.transform = paired_transform(self.image_size, train=True, crop_size=self.crop_size,
-                                                     flips=self.flips)
-        return self._local.transform
+    def _transform(self, name: str, build: Callable[[], A.Compose]) -> A.Compose:
+        if not hasattr(self._local, name):
+            setattr(self._local, name, build())
+        return getattr(self._local, name)
 
 
 def stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -15,6 +15,13 @@ order fixed by (seed, epoch, shard), cut into one contiguous slice per worker of
 pair's crop and flip are seeded by (seed, epoch, key), so the batches are the same whatever the
 number of decode threads. Epoch numbers are absolute: a resumed run reads epoch 5 as an
 uninterrupted run would.
+
+A worker decodes each pair it meets and resizes it to the load size once, and keeps it in memory
+(up to ``LOADED_PAIRS_BYTES``): later epochs only crop and flip it, and read no shard whose rows
+they need are all kept. On a GPU the decoding is the limit (Pillow's decode and OpenCV's resize
+were ~55% of a pair's time), and an epoch re-read every shard from storage. The crop and flip
+draw exactly what the whole augmentation draws, so the batches are byte for byte those of a
+decode from scratch.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,6 +56,10 @@ SHARD_SCHEMA = pa.schema([
 ])
 DATASET_INFO_FILE = "_dataset.json"  # beside the splits: layout, direction, pair counts, input
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
+# A worker's decoded pairs kept across epochs (``LoadedPairs``): a pair at the load size of 256 px
+# training, 286 x 286 x 3 bytes x 2 images, is 0.49 MB, so Recife's 1,500 train pairs take ~0.74 GB;
+# 2 GB hold ~4,000 such pairs. Pairs beyond it are decoded in every epoch.
+LOADED_PAIRS_BYTES = 2_000_000_000
 
 
 class DatasetError(JobError):
@@ -130,19 +141,67 @@ def read_shard(filesystem, path: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(storage.read_bytes(filesystem, path)))
 
 
+Place = tuple[int, int]  # (shard file index, row index): a train pair's place in the split
+
+
+class LoadedPairs:
+    """Pairs decoded and resized to the load size (``EpochAugmentation.load``), kept across epochs
+    by place while their bytes stay within ``limit_bytes``; a pair that would pass it is not kept.
+    A kept pair is never dropped, and its arrays are read-only. Safe for several threads at once."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes, self.size_bytes = limit_bytes, 0
+        self._pairs: dict[Place, tuple[str, np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __contains__(self, place: Place) -> bool:
+        return place in self._pairs
+
+    def __iter__(self) -> Iterator[Place]:
+        with self._lock:
+            return iter(list(self._pairs))
+
+    def get(self, place: Place) -> tuple[str, np.ndarray, np.ndarray]:
+        """(key, source, target) of a kept pair."""
+        return self._pairs[place]  # no lock to read: a dict's lookups are atomic, and pairs are never dropped
+
+    def keep(self, place: Place, key: str, source: np.ndarray, target: np.ndarray) -> None:
+        """Keep a pair if it fits; the arrays are copied unless they are theirs alone (a resize to the
+        size a pair already has returns the decoded image, which may be a view of a larger one)."""
+        size = source.nbytes + target.nbytes
+        with self._lock:
+            if place in self._pairs or self.size_bytes + size > self.limit_bytes:
+                return
+            self.size_bytes += size
+            self._pairs[place] = (key, read_only(source), read_only(target))
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    owned = array if array.flags.owndata and array.flags.c_contiguous else array.copy()
+    owned.flags.writeable = False
+    return owned
+
+
 class TrainingPairs:
     """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors
     (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work), decoded
-    by ``decode_workers`` threads; the batches are the same for any number of them."""
+    by ``decode_workers`` threads; the batches are the same for any number of them.
+
+    Each pair it meets is decoded and resized once and kept in ``loaded`` (up to ``loaded_bytes``):
+    later epochs crop and flip it alone (see the module's docstring)."""
 
     def __init__(self, data_uri: str, shards: Shards, image_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False, crop_size: int | None = None,
-                 flips: str = "horizontal", decode_workers: int = 1):
+                 flips: str = "horizontal", decode_workers: int = 1, loaded_bytes: int = LOADED_PAIRS_BYTES):
         self.filesystem = storage.resolve(data_uri).filesystem
         self.shards, self.image_size, self.batch_size, self.seed = shards, image_size, batch_size, seed
         self.crop_size, self.flips = crop_size, flips
         self.rank, self.pin_memory, self.decode_workers = rank, pin_memory, decode_workers
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
+        self.loaded = LoadedPairs(loaded_bytes)
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """The epoch's batches, decoded ahead in background threads."""
@@ -151,24 +210,54 @@ class TrainingPairs:
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment = EpochAugmentation(self.image_size, self.seed, epoch, self.crop_size, self.flips)
         ahead = max(PREFETCH_PAIRS, 4 * self.decode_workers)
-        pairs = ordered_map(augment, self.records(epoch), self.decode_workers, ahead)
+        pairs = ordered_map(lambda row: self._augmented(augment, *row), self._rows(epoch), self.decode_workers, ahead)
         for batch in in_batches(pairs, self.batch_size):
             yield self._tensors(stack_pairs(batch))
 
+    def _augmented(self, augment: EpochAugmentation, place: Place, record: dict | None):
+        """A row's pair: loaded (and kept) from its record, or the kept one when the record is None."""
+        if record is None:
+            return augment.crop_and_flip(*self.loaded.get(place))
+        source, target = augment.load(record)
+        self.loaded.keep(place, record["key"], source, target)
+        return augment.crop_and_flip(record["key"], source, target)
+
+    def _rows(self, epoch: int) -> Iterator[tuple[Place, dict | None]]:
+        """This worker's rows of ``epoch`` in reading order as (place, record), the record None for
+        a pair kept when the epoch starts (kept for good, so still kept when it is decoded); only
+        shards with a row not kept are read."""
+        slices = self._slices(epoch)
+        missing = [[int(row) for row in rows if (index, int(row)) not in self.loaded] for index, rows in slices]
+        records = self._read_rows([(index, rows) for (index, _), rows in zip(slices, missing) if rows])
+        for (index, rows), not_kept in zip(slices, missing):
+            found = dict(zip(not_kept, next(records))) if not_kept else {}
+            yield from (((index, int(row)), found.get(int(row))) for row in rows)
+
     def records(self, epoch: int) -> Iterator[dict]:
-        """This worker's rows of ``epoch`` in reading order; the next shard is read while this one decodes."""
-        slices = epoch_slices(self.shards, self.seed, epoch, self.rank, self.batches * self.batch_size)
+        """This worker's rows of ``epoch`` in reading order, every shard read (nothing kept)."""
+        for records in self._read_rows(self._slices(epoch)):
+            yield from records
+
+    def _slices(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        return epoch_slices(self.shards, self.seed, epoch, self.rank, self.batches * self.batch_size)
+
+    def _read_rows(self, wanted: list[tuple[int, Sequence[int]]]) -> Iterator[list[dict]]:
+        """For each (file index, row indices): those rows of the shard, which is checked (``check_rows``);
+        the next shard is read while these rows decode."""
         with ThreadPoolExecutor(max_workers=1) as reader:
-            tables = [reader.submit(read_shard, self.filesystem, self.shards.files[index]) for index, _ in slices[:1]]
-            for position, (_, rows) in enumerate(slices):
-                table = tables[position].result()
-                check_rows(table, self.shards, slices[position][0])
-                if position + 1 < len(slices):
-                    following = self.shards.files[slices[position + 1][0]]
-                    tables.append(reader.submit(read_shard, self.filesystem, following))
-                records = table.take(pa.array(rows)).to_pylist()
-                tables[position] = None  # let the table go
-                yield from records
+            def read(position: int) -> Future | None:
+                if position == len(wanted):
+                    return None
+                return reader.submit(read_shard, self.filesystem, self.shards.files[wanted[position][0]])
+
+            following = read(0)
+            for position, (index, rows) in enumerate(wanted):
+                table = following.result()
+                check_rows(table, self.shards, index)
+                following = read(position + 1)
+                records = table.take(pa.array(rows, type=pa.int64())).to_pylist()
+                del table  # let the shard go while its rows decode
+                yield records
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}

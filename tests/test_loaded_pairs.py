@@ -1,0 +1,130 @@
+"""A training worker keeps its pairs decoded and resized (``TrainingPairs.loaded``): later epochs
+crop and flip them alone, give the batches of a decode from scratch byte for byte, stay within a
+memory cap, and read no shard whose rows they all keep."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pix2pix.training import shards
+from pix2pix.training.augmentation import EpochAugmentation, load_size_for, stack_pairs
+from pix2pix.training.shards import SHARD_SCHEMA, LoadedPairs, in_batches
+from tests.test_training_input import SIZE, record
+
+SEED = 7
+
+
+def write_shards(folder: Path, records: list[dict], per_shard: int) -> str:
+    (folder / "train").mkdir(parents=True)
+    for shard, start in enumerate(range(0, len(records), per_shard)):
+        rows = records[start:start + per_shard]
+        pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), folder / "train" / f"{shard}.parquet")
+    return str(folder)
+
+
+def recife_records(recife: Path, count: int) -> list[dict]:
+    """Real pairs (256 px JPEG photos, PNG maps), as prepare writes a paired-folders dataset."""
+    names = sorted(path.stem for path in (recife / "train" / "sat").glob("*.jpg"))[:count]
+    return [{"key": name, "layout": "paired", "image": None, "source_side": None,
+             "source": (recife / "train" / "sat" / f"{name}.jpg").read_bytes(),
+             "target": (recife / "train" / "map" / f"{name}.png").read_bytes()} for name in names]
+
+
+@pytest.fixture
+def noise_dataset(tmp_path) -> str:
+    return write_shards(tmp_path, [record(f"pair-{number:02d}", number) for number in range(18)], per_shard=6)
+
+
+def reader_of(dataset: str, image_size: int = SIZE, **options) -> shards.TrainingPairs:
+    options = {"batch_size": 2, "decode_workers": 3, **options}
+    return shards.TrainingPairs(dataset, shards.find_shards(dataset)[0], image_size, seed=SEED, **options)
+
+
+def served(reader: shards.TrainingPairs, epoch: int) -> list[bytes]:
+    return [batch["source"].numpy().tobytes() + batch["target"].numpy().tobytes() for batch in reader.epoch(epoch)]
+
+
+def from_scratch(reader: shards.TrainingPairs, epoch: int) -> list[bytes]:
+    """The epoch as a decode of every row with the whole augmentation (resize, crop, flip) gives it."""
+    augment = EpochAugmentation(reader.image_size, reader.seed, epoch, reader.crop_size, reader.flips)
+    batches = in_batches(map(augment, reader.records(epoch)), reader.batch_size)
+    return [b"".join(stack_pairs(batch)[name].tobytes() for name in ("source", "target")) for batch in batches]
+
+
+@pytest.mark.parametrize("options", [{}, {"flips": "square", "crop_size": 200}])
+def test_kept_pairs_give_the_batches_of_a_decode_from_scratch_on_real_images(tmp_path, recife, options):
+    dataset = write_shards(tmp_path, recife_records(recife, 12), per_shard=4)
+    reader = reader_of(dataset, 256, rank=1, world_size=2, **options)  # half the pairs an epoch: new ones later
+    kept = []
+    for epoch in range(4):
+        assert served(reader, epoch) == from_scratch(reader, epoch)
+        kept.append(len(reader.loaded))
+    assert kept[0] == 6 and kept[-1] > 6  # later epochs met other pairs, and kept them too
+    key, source, target = reader.loaded.get(next(iter(reader.loaded)))
+    assert source.shape == target.shape == (load_size_for(256), load_size_for(256), 3)
+
+
+def test_pairs_beyond_the_memory_cap_are_decoded_in_every_epoch(noise_dataset):
+    pair_bytes = 2 * load_size_for(SIZE) ** 2 * 3
+    reader = reader_of(noise_dataset, loaded_bytes=5 * pair_bytes + pair_bytes // 2)
+    for epoch in range(3):
+        assert served(reader, epoch) == from_scratch(reader, epoch)
+        assert len(reader.loaded) == 5 and reader.loaded.size_bytes == 5 * pair_bytes
+    nothing_kept = reader_of(noise_dataset, loaded_bytes=0)
+    assert served(nothing_kept, 1) == from_scratch(nothing_kept, 1) and len(nothing_kept.loaded) == 0
+
+
+def test_an_epoch_of_kept_pairs_reads_no_shard(noise_dataset):
+    reader = reader_of(noise_dataset)
+    expected = from_scratch(reader, 1)
+    served(reader, 0)
+    for shard in Path(noise_dataset, "train").glob("*.parquet"):
+        shard.unlink()
+    assert served(reader, 1) == expected
+
+
+def test_a_shard_read_for_pairs_not_kept_is_still_checked(noise_dataset):
+    reader = reader_of(noise_dataset, world_size=2)  # keeps half the pairs in epoch 0
+    served(reader, 0)
+    for shard in Path(noise_dataset, "train").glob("*.parquet"):  # the dataset changes under the run
+        table = pq.read_table(shard)
+        pq.write_table(table.slice(0, table.num_rows - 1), shard)
+    with pytest.raises(shards.DatasetError, match="holds 5 pairs, 6 when the job started"):
+        served(reader, 1)
+
+
+def test_pairs_kept_from_many_threads_at_once_stay_within_the_cap():
+    pair = np.zeros((4, 4, 3), np.uint8)
+    loaded = LoadedPairs(limit_bytes=50 * 2 * pair.nbytes)
+    barrier = threading.Barrier(8)
+
+    def keep_all(thread: int) -> None:
+        barrier.wait()
+        for row in range(100):
+            loaded.keep((row % 3, row), f"{row}", pair.copy(), pair.copy())
+
+    threads = [threading.Thread(target=keep_all, args=(thread,)) for thread in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(loaded) == 50 and loaded.size_bytes == 50 * 2 * pair.nbytes
+    key, source, _ = loaded.get(next(iter(loaded)))
+    assert not source.flags.writeable
+
+
+def test_a_kept_pair_owns_its_arrays():
+    """A pair already at the load size comes out of the resize as the decoded image, e.g. one half
+    of a side-by-side image: a view that would hold the whole image in memory."""
+    image = np.zeros((4, 8, 3), np.uint8)
+    loaded = LoadedPairs(limit_bytes=10**6)
+    loaded.keep((0, 0), "half", image[:, :4], image[:, 4:])
+    _, source, target = loaded.get((0, 0))
+    image[...] = 1
+    assert source.base is None and target.base is None and not source.any() and not target.any()
