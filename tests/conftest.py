@@ -33,6 +33,17 @@ def load_job(name: str):
     return module
 
 
+def concurrently(*calls):
+    """Each call's result, in order, the calls made at once from threads. For tests that start a
+    job process per case (a bad flag, a missing input): its start-up (Python, then the job's
+    imports) is most of its time, and the cases wait on nothing of one another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(calls), 4)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

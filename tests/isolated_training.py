@@ -1,16 +1,19 @@
-"""Training runs in a Ray instance of their own (2 CPUs), for tests that may hang: the test
-runs this module in a subprocess with a timeout, so a hang never blocks the shared session.
+"""Training runs from a driver of their own, for tests that may hang: the test runs this module
+in a subprocess with a timeout, so a hang never blocks the test session's driver.
 
-    python -m tests.isolated_training DATA STORAGE IMAGE_SIZE NGF WORKERS:CPUS_PER_WORKER [...]
+    [RAY_ADDRESS=HOST:PORT] python -m tests.isolated_training DATA STORAGE IMAGE_SIZE NGF WORKERS:CPUS_PER_WORKER [...]
 
-One run per WORKERS:CPUS_PER_WORKER layout, one after the other in the same instance (its start
-is the slow part). Prints one JSON line per run: the run's result and what the cluster looked
-like while it ran (the actors started during that run only).
+With RAY_ADDRESS, on that running instance (the test session's: starting one is the slow part,
+and the runs then cost no second set of Ray's own processes on a 2-core machine); without it, in
+a local instance of its own (2 CPUs, a small object store). One run per WORKERS:CPUS_PER_WORKER
+layout, one after the other. Prints one JSON line per run: the run's result and what the cluster
+looked like while it ran (the actors started during that run only).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -56,11 +59,15 @@ def run(config: TrainConfig, data: str, storage_uri: str, workers: int, cpus: st
 def main() -> None:
     data, storage_uri, image_size, ngf = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     layouts = [(int(workers), cpus) for workers, cpus in (layout.split(":") for layout in sys.argv[5:])]
-    # A small object store: a data stream behind a slower trainer is then soon backpressured.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
-             object_store_memory=100 * 2**20,
-             _temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
-             runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    if os.environ.get("RAY_ADDRESS"):
+        # No runtime environment: the instance's workers have the test session's variables.
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level="ERROR")
+    else:
+        # A small object store: a data stream behind a slower trainer is then soon backpressured.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                 object_store_memory=100 * 2**20,
+                 _temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
+                 runtime_env={"env_vars": {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     config = TrainConfig(image_size=image_size, ngf=ngf, ndf=ngf, depth=4, epochs=1, epochs_decay=1, batch_size=1,
                          precision="fp32")
     for workers, cpus in layouts:

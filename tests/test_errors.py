@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 
 from pix2pix import storage
 from pix2pix.errors import JobError
-from tests.conftest import REPO, S3_SECRET_KEY
+from tests.conftest import REPO, S3_SECRET_KEY, concurrently
 
 JOB = """
 import sys
@@ -32,16 +33,18 @@ def run_job(error: str) -> subprocess.CompletedProcess:
 
 
 def test_a_users_mistake_is_one_line_and_a_bug_keeps_its_traceback_both_redacted():
-    mistake = run_job(f'ConfigError("--lr must be positive (key {S3_SECRET_KEY})")')
+    mistake, bug, value_error = concurrently(*(partial(run_job, error) for error in (
+        f'ConfigError("--lr must be positive (key {S3_SECRET_KEY})")',
+        f'TypeError("unsupported operand {S3_SECRET_KEY}")',
+        'ValueError("a bug")')))
     assert mistake.returncode == 1
     assert mistake.stderr.splitlines() == ["error: --lr must be positive (key <AWS_SECRET_ACCESS_KEY>)"]
-    bug = run_job(f'TypeError("unsupported operand {S3_SECRET_KEY}")')
     assert bug.returncode == 1
     assert bug.stderr.startswith("Traceback (most recent call last):") and "in main" in bug.stderr
     assert bug.stderr.rstrip().endswith("TypeError: unsupported operand <AWS_SECRET_ACCESS_KEY>")
     assert S3_SECRET_KEY not in bug.stderr + bug.stdout
     # Before, every ValueError and OSError became one line: a bug among them lost its traceback.
-    assert run_job('ValueError("a bug")').stderr.startswith("Traceback")
+    assert value_error.stderr.startswith("Traceback")
 
 
 def test_a_store_that_fails_is_a_storage_error_that_stays_an_oserror(tmp_path, s3_endpoint):

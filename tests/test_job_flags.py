@@ -14,19 +14,30 @@ import difflib
 import os
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 
-from tests.conftest import REPO, load_job
+from tests.conftest import REPO, concurrently, load_job
 
 JOBS = ("prepare", "train", "translate", "evaluate", "pack", "view")
 
 
-@pytest.mark.parametrize("job", JOBS)
-def test_the_flags_of_each_job_stay_the_same(job):
+def job_help(job: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "100"}
-    completed = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess]:
+    """Every job's --help, the jobs run all at once: job -> its run."""
+    return dict(zip(JOBS, concurrently(*(partial(job_help, job) for job in JOBS))))
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_the_flags_of_each_job_stay_the_same(helps, job):
+    completed = helps[job]
     assert completed.returncode == 0, completed.stderr[-2000:]
     golden = (REPO / "tests" / "golden" / f"{job}.help").read_text()
     diff = "".join(difflib.unified_diff(golden.splitlines(True), completed.stdout.splitlines(True),

@@ -7,11 +7,12 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, concurrently
 
 PACKAGE = REPO / "pix2pix"
 # What a GPU machine may lack (bench/gpu_check.py runs the model core and the training step there).
@@ -90,29 +91,52 @@ sys.path.insert(0, {str(REPO)!r})
 BLOCKER = blocker(HEAVY)
 
 
-@pytest.mark.parametrize("imports", [
-    "import " + ", ".join(sorted(name for name in MODULES if within(name, "pix2pix.model"))),
-    "import pix2pix.training.step, pix2pix.training.budget",
-    "import runpy; runpy.run_path('bench/gpu_check.py', run_name='gpu_check_imported')",
-    "import pix2pix.tiles.translator",
-], ids=["model core", "training step", "bench/gpu_check.py", "the generator stage's core"])
-def test_the_model_core_and_the_training_step_need_none_of_the_pipeline_libraries(imports):
-    completed = subprocess.run([sys.executable, "-c", BLOCKER + imports], cwd=REPO, capture_output=True, text=True,
-                               timeout=120)
+CORE_IMPORTS = {
+    "model core": "import " + ", ".join(sorted(name for name in MODULES if within(name, "pix2pix.model"))),
+    "training step": "import pix2pix.training.step, pix2pix.training.budget",
+    "bench/gpu_check.py": "import runpy; runpy.run_path('bench/gpu_check.py', run_name='gpu_check_imported')",
+    "the generator stage's core": "import pix2pix.tiles.translator",
+}
+SCRIPTS = {  # name -> a script run with some libraries blocked
+    **{name: BLOCKER + imports for name, imports in CORE_IMPORTS.items()},
+    "planning": blocker(("torch", "cv2", "albumentations")) + "import pix2pix.distributed.translate_planning",
+    "blocker": BLOCKER + "import pix2pix.tiles.plan",
+    "io stages": blocker(("torch",)) + "import pix2pix.distributed.translate_stages",
+}
+
+
+def run_script(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, subprocess.CompletedProcess]:
+    """Every script of the tests below, run all at once (each is a Python start-up and its
+    imports): name -> its run."""
+    return dict(zip(SCRIPTS, concurrently(*(partial(run_script, script) for script in SCRIPTS.values()))))
+
+
+@pytest.mark.parametrize("name", CORE_IMPORTS)
+def test_the_model_core_and_the_training_step_need_none_of_the_pipeline_libraries(runs, name):
+    completed = runs[name]
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 
-def test_planning_tasks_import_no_model_or_image_libraries():
+def test_planning_tasks_import_no_model_or_image_libraries(runs):
     """Planning runs as Ray tasks, which may start in fresh worker processes: importing torch
     or OpenCV there cost seconds per task."""
-    completed = subprocess.run([sys.executable, "-c", blocker(("torch", "cv2", "albumentations"))
-                                + "import pix2pix.distributed.translate_planning"], cwd=REPO, capture_output=True,
-                               text=True, timeout=120)
+    completed = runs["planning"]
     assert completed.returncode == 0, completed.stderr[-2000:]
 
 
-def test_the_blocker_blocks():
+def test_the_read_and_write_actors_import_no_torch(runs):
+    """They import the stages' module (as does the generator actor, which imports torch when it
+    starts): torch's import costs each read or write actor seconds of CPU and hundreds of MB."""
+    completed = runs["io stages"]
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_the_blocker_blocks(runs):
     """The check above can fail: a module of the tile pipeline needs a blocked library."""
-    completed = subprocess.run([sys.executable, "-c", BLOCKER + "import pix2pix.tiles.plan"], cwd=REPO,
-                               capture_output=True, text=True, timeout=120)
+    completed = runs["blocker"]
     assert completed.returncode != 0 and "blocked:" in completed.stderr

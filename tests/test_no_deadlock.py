@@ -14,6 +14,7 @@ test checks the invariant that makes the hang impossible, not the hang itself.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,20 +42,23 @@ LAYOUTS = {"1:auto": 1, "2:0.5": 2}  # WORKERS:CPUS_PER_WORKER -> workers
 
 
 @pytest.fixture(scope="module")
-def runs_in_an_instance_of_their_own(one_large_shard, tmp_path_factory) -> dict[str, dict]:
-    """Both layouts' runs, one after the other in one Ray instance of their own (a subprocess
-    with a timeout: a hang fails the tests, it never blocks the session). Layout -> its run."""
+def runs_in_a_driver_of_their_own(ray_session, one_large_shard, tmp_path_factory) -> dict[str, dict]:
+    """Both layouts' runs, one after the other, from a driver of their own on the session's Ray
+    instance (2 CPUs, nothing else running: the test's only need of an instance, and starting
+    one is the slow part), in a subprocess with a timeout: a hang fails the tests, it never
+    blocks the session. Layout -> its run."""
+    env = {**os.environ, "RAY_ADDRESS": ray_session._private.worker._global_node.address}
     completed = subprocess.run(
         [sys.executable, "-m", "tests.isolated_training", one_large_shard, str(tmp_path_factory.mktemp("runs")),
-         "64", "8", *LAYOUTS], cwd=REPO, capture_output=True, text=True, timeout=540)
+         "64", "8", *LAYOUTS], cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
     assert completed.returncode == 0, completed.stderr[-3000:]
     runs = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
     return {run["layout"]: run for run in runs}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_validation_every_epoch_never_waits_for_the_training_data(runs_in_an_instance_of_their_own, layout):
-    run, workers = runs_in_an_instance_of_their_own[layout], LAYOUTS[layout]
+def test_validation_every_epoch_never_waits_for_the_training_data(runs_in_a_driver_of_their_own, layout):
+    run, workers = runs_in_a_driver_of_their_own[layout], LAYOUTS[layout]
     assert run["error"] is None
     if workers == 1:  # the precondition of the hang: no CPU left beside the workers
         assert run["cpus_per_worker"] == 2.0 and run["min_free_cpu"] == 0.0

@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+from functools import partial
 
 import boto3
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 
 from pix2pix.model.palette import RECIFE_PALETTE, encode_paletted_png
 from pix2pix.tiles.archive import Archive
-from tests.conftest import REPO, load_job
+from tests.conftest import REPO, concurrently, load_job
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -69,8 +70,7 @@ def test_bad_input_ends_in_one_line(folder, tmp_path):
         (("jobs/view.py", "--map", str(tmp_path / "missing")), "not a folder of tiles"),
         (("jobs/view.py", "--map", str(target)), "not a PMTiles v3 archive"),
     ]
-    for args, message in cases:
-        done = run(*args)
+    for (args, message), done in zip(cases, concurrently(*(partial(run, *args) for args, _ in cases))):
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert target.read_bytes() == b"an archive from before"

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from pix2pix.demo import write_pairs
 from pix2pix.training.pairs import decode_pair
-from tests.conftest import REPO, load_job
+from tests.conftest import REPO, concurrently, load_job
 
 
 def read_shards(folder: Path) -> list[dict]:
@@ -127,14 +128,24 @@ def run_prepare(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args,code,message", [
+BAD_INPUT = [
     (["--input", "gs://b/raw", "--output", "/tmp/x"], 1, "unsupported URI scheme 'gs'"),
     (["--input", "/nonexistent/raw", "--output", "/tmp/x"], 1, "input not found"),
     (["--input", "/tmp"], 2, "give both --input and --output"),
     (["--layout", "mosaic"], 2, "invalid choice"),
-])
-def test_bad_input_is_one_line(args, code, message):
-    completed = run_prepare(*args)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs() -> dict[tuple, subprocess.CompletedProcess]:
+    """The job run once per case below, all at once: args -> its run."""
+    return {tuple(args): done for (args, _, _), done in
+            zip(BAD_INPUT, concurrently(*(partial(run_prepare, *args) for args, _, _ in BAD_INPUT)))}
+
+
+@pytest.mark.parametrize("args,code,message", BAD_INPUT)
+def test_bad_input_is_one_line(bad_input_runs, args, code, message):
+    completed = bad_input_runs[tuple(args)]
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == code and len(lines) == 1 and message in lines[0]
 

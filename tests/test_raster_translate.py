@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+from functools import partial
 
 import mercantile
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from pix2pix import storage
 from pix2pix.model.palette import NODATA_CLASS, RECIFE_PALETTE
 from pix2pix.tiles import rasters
-from tests.conftest import S3_SECRET_KEY
+from tests.conftest import S3_SECRET_KEY, concurrently
 from tests.geo_fixtures import assigned_transform, overlapping_cogs, scene_pixels, write_cog, write_geotiff
 from tests.test_translate_job import export, outputs, run_job, translate
 
@@ -77,7 +78,8 @@ def test_masked_pixels_are_nodata_empty_tiles_unwritten_and_done_tiles_skipped(r
     (tmp_path / "out" / done_key).parent.mkdir(parents=True)
     (tmp_path / "out" / done_key).write_bytes(b"earlier")
 
-    summary = translate(str(masked), str(tmp_path / "out"), model, zoom=ZOOM, context=16)
+    summary = translate(str(masked), str(tmp_path / "out"), model, zoom=ZOOM, context=16,
+                        preview=str(tmp_path / "preview.png"))
     assert summary["skipped"] == 1 and summary["failed"] == 0 and summary["empty"] >= 2
     assert summary["tiles"] == len(tiles) == summary["written"] + summary["skipped"] + summary["empty"]
     assert (tmp_path / "out" / done_key).read_bytes() == b"earlier"
@@ -99,6 +101,15 @@ def test_masked_pixels_are_nodata_empty_tiles_unwritten_and_done_tiles_skipped(r
         else:
             assert (classes < len(RECIFE_PALETTE)).any(), key
     assert partial >= 2
+    # The preview's source side is the rasters' window warped onto each tile (white where invalid),
+    # from the written tile at the region's north-west corner.
+    fresh = [tuple(map(int, key.removesuffix(".png").split("/"))) for key in written if key != done_key]
+    left = min(x for _, x, _ in fresh)
+    top = min(y for _, x, y in fresh if x == left)
+    corner = rasters.read_tile([source], f"{ZOOM}/{left}/{top}", 64)
+    assert corner is not None and (corner != 255).any()  # a partial tile: white where masked
+    preview = np.asarray(Image.open(tmp_path / "preview.png").convert("RGB"))
+    assert preview.shape[0] in (64, 128, 192, 256) and (preview[:64, :64] == corner).all()
 
 
 def test_bad_raster_input_is_one_line(tmp_path, model, crop):
@@ -109,15 +120,19 @@ def test_bad_raster_input_is_one_line(tmp_path, model, crop):
     (tmp_path / "notes.tif").write_text("not a raster\n")
     (tmp_path / "list.txt").write_text(f"{scene}\nmissing.tif\n")
     base = {"input": str(scene), "output": str(tmp_path / "out"), "checkpoint": model}
-    for changes, message in (
-        ({"zoom": 21, "max_tiles": 100}, "zoom 21 plans 225 tiles over the rasters, more than --max-tiles 100"),
-        ({"input": str(tmp_path / "list.txt")}, "missing.tif is not a raster GDAL can read"),
-        ({"preview": str(tmp_path / "p.png")}, "--preview needs XYZ tile input"),
-    ):
-        with pytest.raises(JobError, match=re.escape(message)):
-            check_run(TranslateOptions(**{**base, **changes}))
-    completed = run_job("--input", str(tmp_path / "notes.tif"), "--output", str(tmp_path / "out"),
-                        "--checkpoint", model)
+
+    def in_process():
+        for changes, message in (
+            ({"zoom": 21, "max_tiles": 100}, "zoom 21 plans 225 tiles over the rasters, more than --max-tiles 100"),
+            ({"input": str(tmp_path / "list.txt")}, "missing.tif is not a raster GDAL can read"),
+            ({"manifest": str(tmp_path / "list.txt")}, "--manifest lists XYZ tiles to read; "),
+        ):
+            with pytest.raises(JobError, match=re.escape(message)):
+                check_run(TranslateOptions(**{**base, **changes}))
+
+    # The job's process starts (most of its time) while the checks run here.
+    completed, _ = concurrently(partial(run_job, "--input", str(tmp_path / "notes.tif"), "--output",
+                                        str(tmp_path / "out"), "--checkpoint", model), in_process)
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == 1 and len(lines) == 1 and "notes.tif is not a raster GDAL can read" in lines[0]
     shutil.rmtree(tmp_path / "out", ignore_errors=True)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from pix2pix import checkpoint, storage
 from pix2pix.model.export import CheckpointError
 from pix2pix.model.networks import UNetGenerator
 from pix2pix.training.step import Pix2Pix, TrainConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, concurrently
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -172,30 +173,42 @@ def run_job(*args, env=None, timeout=120):
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_INPUT = [
     (["--data", "gs://bucket/data"], "unsupported URI scheme 'gs'"),
     (["--data", "/nonexistent/data"], "dataset not found"),
     (["--data", "/tmp", "--image-size", "100", "--depth", "6"], "image size 100 is not a multiple"),
     (["--epochs", "-1"], "epochs must be >= 0"),
-])
-def test_bad_input_is_one_line_and_nonzero(args, message):
-    completed = run_job(*args)
+]
+MISUSED_FLAGS = (["--learning-rate", "1"], ["--max-pairs", "10", "--decay-fraction", "0"], ["--decay-fraction", "0.25"])
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[tuple, subprocess.CompletedProcess]:
+    """The job run once per case of the two tests below, all at once (each run is mostly the
+    job's start-up): tuple(args) or "empty dataset" -> its run."""
+    empty = tmp_path_factory.mktemp("empty-dataset")
+    (empty / "train").mkdir()
+    runs = {tuple(args): args for args in [args for args, _ in BAD_INPUT] + list(MISUSED_FLAGS)}
+    runs["empty dataset"] = ["--data", str(empty)]
+    return dict(zip(runs, concurrently(*(partial(run_job, *args) for args in runs.values()))))
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT)
+def test_bad_input_is_one_line_and_nonzero(cli_runs, args, message):
+    completed = cli_runs[tuple(args)]
     assert completed.returncode == 1
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
 
 
-def test_empty_dataset_and_unknown_flag(tmp_path):
-    (tmp_path / "train").mkdir()
-    completed = run_job("--data", str(tmp_path))
-    assert completed.returncode == 1 and "no training shards" in completed.stderr
-    completed = run_job("--learning-rate", "1")
-    assert completed.returncode == 2 and len(completed.stderr.strip().splitlines()) == 1
-    completed = run_job("--max-pairs", "10", "--decay-fraction", "0")
-    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+def test_empty_dataset_and_unknown_flag(cli_runs):
+    empty = cli_runs["empty dataset"]
+    assert empty.returncode == 1 and "no training shards" in empty.stderr
+    unknown, no_fraction, no_budget = (cli_runs[tuple(args)] for args in MISUSED_FLAGS)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert no_fraction.returncode == 2 and no_fraction.stderr.strip().splitlines() == [
         "train.py: error: the decay fraction must be in (0, 1], not 0 (see --help)"]
-    completed = run_job("--decay-fraction", "0.25")
-    assert completed.returncode == 2 and completed.stderr.strip().splitlines() == [
+    assert no_budget.returncode == 2 and no_budget.stderr.strip().splitlines() == [
         "train.py: error: --decay-fraction needs --max-minutes or --max-pairs (the budget it shares out) (see --help)"]
 
 

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from pix2pix.model.export import ExportInfo
 from pix2pix.model.networks import GeneratorConfig, UNetGenerator
 from pix2pix.model.palette import RECIFE_PALETTE, snap_to_palette
 from pix2pix.tiles.tileset import TILEJSON_FILE
-from tests.conftest import REPO, S3_SECRET_KEY, load_job
+from tests.conftest import REPO, S3_SECRET_KEY, concurrently, load_job
 
 TINY = GeneratorConfig(ngf=8, depth=6)  # 64 px tiles; depth 6 has a dropout block for --stochastic
 GRID = [(x, y) for x in range(10, 13) for y in range(20, 23)]  # 3x3 XYZ tiles at zoom 12
@@ -393,24 +394,37 @@ def test_every_flag_reaches_the_translate_options():
     assert (manifest.min_actors, manifest.max_actors, manifest.bbox) == (1, 4, None)
 
 
-@pytest.mark.parametrize("args, code, message", [
+BAD_FLAGS = [
     (["--input", "x"], 2, "give --input, --output and --checkpoint together"),
     (["--input", "ftp://host/tiles", "--output", "/tmp/o", "--checkpoint", "/tmp/c"], 1, "unsupported URI scheme"),
     (["--palette", "recife", "--format", "jpeg"], 2, "--palette needs --format png"),
-])
-def test_bad_flags_and_uris_are_one_line(args, code, message):
-    completed = run_job(*args)
+]
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, tiny_checkpoint) -> dict:
+    """The job run once per bad flag below and once on a corrupt checkpoint, all at once (each
+    run is mostly the job's start-up): tuple(args) or "corrupt" -> its run."""
+    root = tmp_path_factory.mktemp("cli")
+    write_grid(str(root / "in"), GRID[:1])
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "generator.safetensors").write_bytes(b"garbage")
+    (root / "corrupt" / "generator.json").write_text(Path(tiny_checkpoint, "generator.json").read_text())
+    runs = {tuple(args): args for args, _, _ in BAD_FLAGS}
+    runs["corrupt"] = ["--input", str(root / "in"), "--output", str(root / "out"),
+                       "--checkpoint", str(root / "corrupt")]
+    return dict(zip(runs, concurrently(*(partial(run_job, *args) for args in runs.values()))))
+
+
+@pytest.mark.parametrize("args, code, message", BAD_FLAGS)
+def test_bad_flags_and_uris_are_one_line(cli_runs, args, code, message):
+    completed = cli_runs[tuple(args)]
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == code and len(lines) == 1 and message in lines[0], completed.stderr
 
 
-def test_a_corrupt_checkpoint_is_one_line(tmp_path, tiny_checkpoint):
-    write_grid(str(tmp_path / "in"), GRID[:1])
-    (tmp_path / "corrupt").mkdir()
-    (tmp_path / "corrupt" / "generator.safetensors").write_bytes(b"garbage")
-    (tmp_path / "corrupt" / "generator.json").write_text(Path(tiny_checkpoint, "generator.json").read_text())
-    completed = run_job("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                        "--checkpoint", str(tmp_path / "corrupt"))
+def test_a_corrupt_checkpoint_is_one_line(cli_runs):
+    completed = cli_runs["corrupt"]
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == 1 and len(lines) == 1 and "cannot read generator.safetensors" in lines[0]
 
@@ -444,11 +458,12 @@ def test_every_other_mistake_is_caught_before_ray_starts(tmp_path, tiny_checkpoi
 def test_the_demo_says_what_to_run_first(tmp_path):
     import os
 
-    env = {**os.environ, "PIX2PIX_DEMO_ROOT": str(tmp_path)}
     run = [sys.executable, str(REPO / "jobs" / "translate.py")]
-    completed = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
-    assert completed.returncode == 1 and "python jobs/prepare.py" in completed.stderr
-    (tmp_path / "tiles" / "sat" / "1" / "0").mkdir(parents=True)
-    completed = subprocess.run(run, capture_output=True, text=True, timeout=120, env=env)
-    assert completed.returncode == 1 and "python jobs/train.py" in completed.stderr
-    assert len(completed.stderr.strip().splitlines()) == 1
+    (tmp_path / "prepared" / "tiles" / "sat" / "1" / "0").mkdir(parents=True)
+    (tmp_path / "nothing").mkdir()
+    nothing, prepared = concurrently(*(
+        partial(subprocess.run, run, capture_output=True, text=True, timeout=120,
+                env={**os.environ, "PIX2PIX_DEMO_ROOT": str(tmp_path / name)}) for name in ("nothing", "prepared")))
+    assert nothing.returncode == 1 and "python jobs/prepare.py" in nothing.stderr
+    assert prepared.returncode == 1 and "python jobs/train.py" in prepared.stderr
+    assert len(prepared.stderr.strip().splitlines()) == 1

@@ -18,14 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from pix2pix import checkpoint, storage
+from pix2pix import storage
 from pix2pix.images import BadImage, decode_image, encode_image
 from pix2pix.model.palette import NODATA_CLASS, encode_paletted_png
-from pix2pix.model.precision import inference_precision, set_threads
 from pix2pix.tiles.canvases import assemble_canvas, crop_tile, fill_invalid, fit_tile, tile_pixel_limit
 from pix2pix.tiles.keys import BadKey, check_key, output_key
 from pix2pix.tiles.rows import CANVAS_SCHEMA, Status, binary_column, pixel_views, to_table
-from pix2pix.tiles.translator import Translator, translate_canvases
 
 PIXELS = CANVAS_SCHEMA.get_field_index("pixels")
 VALID = CANVAS_SCHEMA.get_field_index("valid")
@@ -148,6 +146,12 @@ class GeneratorStage:
 
     def __init__(self, checkpoint_uri: str, device: str, precision: str, threads: int,
                  micro_batch: int, stochastic: bool, seed: int, palette: dict | None = None):
+        # torch only here: the read and write actors import this module too, and torch's import
+        # would cost each of them seconds of CPU and hundreds of MB at start-up.
+        from pix2pix import checkpoint
+        from pix2pix.model.precision import inference_precision, set_threads
+        from pix2pix.tiles.translator import Translator
+
         set_threads(threads)
         generator, info = checkpoint.load_generator(checkpoint_uri, device=device)
         precision = inference_precision(precision, device, info.precision)  # "auto": the driver could not tell
@@ -159,6 +163,8 @@ class GeneratorStage:
         heights, widths = batch.column("height").to_pylist(), batch.column("width").to_pylist()
         canvases = [None if view is None else np.frombuffer(view, np.uint8).reshape(height, width, 3)
                     for view, height, width in zip(pixel_views(batch.column("pixels")), heights, widths)]
+        from pix2pix.tiles.translator import translate_canvases
+
         # With a palette, class indices travel to the writers: a third of the bytes.
         translated = translate_canvases(self.translator, canvases, batch.column("unit").to_pylist(), self.seed)
         return batch.set_column(PIXELS, "pixels", binary_column(translated))

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import io
 import statistics
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from pix2pix.errors import JobError
-from pix2pix.model.ranges import to_uint8
+
+# torch is imported by the functions that take tensors: a tile pipeline's read and write actors
+# use this module's palettes and paletted PNGs only, and each would pay torch's import (seconds
+# of CPU, hundreds of MB) at start-up.
+if TYPE_CHECKING:
+    from torch import Tensor
 
 Palette = dict[str, tuple[int, int, int]]
 
@@ -84,6 +88,10 @@ def palette_classes(images: Tensor, palette: Palette) -> Tensor:
     [-1, 1] (quantised with `to_uint8` first). Distance is squared RGB distance on 0..255; ties
     go to the earlier palette entry. Takes (N, 3, H, W) or one (3, H, W) image.
     """
+    import torch
+
+    from pix2pix.model.ranges import to_uint8
+
     images = images.detach()
     images = images.unsqueeze(0) if images.dim() == 3 else images
     if images.dim() != 4 or images.shape[1] != 3:
@@ -102,12 +110,16 @@ def palette_classes(images: Tensor, palette: Palette) -> Tensor:
 def snap_to_palette(images: Tensor, palette: Palette) -> Tensor:
     """Every pixel replaced by its nearest palette colour -> uint8 (N, 3, H, W): a colour-coded
     map with exact class colours (a generator only approaches them)."""
+    import torch
+
     colours = torch.tensor(list(palette.values()), dtype=torch.uint8, device=images.device)
     return colours[palette_classes(images, palette)].permute(0, 3, 1, 2).contiguous()
 
 
 def class_counts(images: Tensor, palette: Palette) -> Tensor:
     """Pixels of each class (palette order) in a batch of target maps: float64 (K,)."""
+    import torch
+
     return torch.bincount(palette_classes(images, palette).reshape(-1), minlength=len(palette)).double()
 
 

@@ -171,22 +171,37 @@ def _bomb(path, unpacked: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("metadata, message", [
-    ({"extension": ".exe"}, "tile extension '.exe' is not one of"),
-    ({"palette": {"road": "url(http://127.0.0.1:9/beacon)"}}, "palette colour for 'road' is not #rrggbb"),
-    ({"palette": {"road": [1, 2, 300]}}, "palette colour for 'road'"),
-    ({"minzoom": 2.5}, "minzoom must be an integer"),
-    ([1, 2, 3], "metadata is not a JSON object"),
-], ids=["extension", "css url", "colour range", "float zoom", "list"])
-def test_a_hostile_archive_is_refused_in_one_line_before_serving(tmp_path, metadata, message):
+HOSTILE_METADATA = {
+    "extension": ({"extension": ".exe"}, "tile extension '.exe' is not one of"),
+    "css url": ({"palette": {"road": "url(http://127.0.0.1:9/beacon)"}}, "palette colour for 'road' is not #rrggbb"),
+    "colour range": ({"palette": {"road": [1, 2, 300]}}, "palette colour for 'road'"),
+    "float zoom": ({"minzoom": 2.5}, "minzoom must be an integer"),
+    "list": ([1, 2, 3], "metadata is not a JSON object"),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_archives_served(tmp_path_factory) -> dict:
+    """jobs/view.py on an archive of each metadata above, the runs all at once (each is mostly
+    the job's start-up): name -> its run."""
     import subprocess
     import sys
+    from functools import partial
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, concurrently
 
-    path = _archive(tmp_path / "city.pmtiles", metadata)
-    completed = subprocess.run([sys.executable, "jobs/view.py", "--map", path, "--port", "0"], cwd=REPO,
-                               capture_output=True, text=True, timeout=60)
+    def serve(path: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "jobs/view.py", "--map", path, "--port", "0"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+
+    paths = {name: _archive(tmp_path_factory.mktemp("hostile") / "city.pmtiles", metadata)
+             for name, (metadata, _) in HOSTILE_METADATA.items()}
+    return dict(zip(paths, concurrently(*(partial(serve, path) for path in paths.values()))))
+
+
+@pytest.mark.parametrize("name", HOSTILE_METADATA)
+def test_a_hostile_archive_is_refused_in_one_line_before_serving(hostile_archives_served, name):
+    completed, message = hostile_archives_served[name], HOSTILE_METADATA[name][1]
     lines = completed.stderr.strip().splitlines()
     assert completed.returncode == 1 and len(lines) == 1 and "cannot be served" in lines[0] and message in lines[0], \
         completed.stderr[-1500:]
