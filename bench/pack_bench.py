@@ -94,9 +94,10 @@ def pyramid_against_overviews(folder: Path, cog: Path) -> dict[str, str]:
     from rasterio.windows import from_bounds
 
     found = {}
+    translated = max(int(child.name) for child in folder.iterdir() if child.name.isdigit())  # the COG's zoom
     with rasterio.open(cog) as dataset:
         for level in range(1, len(dataset.overviews(1)) + 1):
-            zoom = ZOOM - level
+            zoom = translated - level
             paths = sorted((folder / str(zoom)).glob("*/*.png"))
             equal = 0
             with rasterio.open(cog, overview_level=level - 1) as overview:
