@@ -158,8 +158,8 @@ def plan_translate_resources(options: TranslateOptions, rasters: bool = False) -
         read_actors = max(int(spare * read_share / IO_CPUS), math.ceil(2 * high * read_ms / WRITE_MS))
     else:
         high = max(options.max_actors or max(1, int(cpus // threads)), low)
-        # PNG encoding is ~1/6 of a CPU generator's work; a raster window's warp is less than that
-        # of a real model's forward too (bench/README.md, "Georeferenced input").
+        # PNG encoding is ~1/6 of a CPU generator's work, and a raster window's warp ~1/10 (12 ms
+        # against ~130 ms of CPU per tile for the compact model: bench/README.md, "Reading rasters").
         read_actors = write_actors = max(1, math.ceil(high / 4))
         # Leave room for the read and write actors and one planning task.
         actor_cpus = min(float(threads), max(0.1, (cpus - (read_actors + write_actors + 1) * IO_CPUS) / high))
