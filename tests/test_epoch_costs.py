@@ -90,3 +90,13 @@ def test_a_restarted_run_removes_only_its_own_unsent_checkpoint_folders():
         assert not os.path.exists(left) and os.path.isdir(kept)
     finally:
         os.rmdir(kept)
+
+
+def test_the_workers_of_a_node_keep_at_most_an_eighth_of_its_memory_in_decoded_pairs():
+    from pix2pix.distributed.train_worker import kept_pairs_bytes, node_memory
+    from pix2pix.training.shards import LOADED_PAIRS_BYTES
+
+    assert kept_pairs_bytes(8, 16 * 10**9) == 250 * 10**6  # a 16 GB laptop running 8 workers
+    assert kept_pairs_bytes(8, 1024 * 10**9) == LOADED_PAIRS_BYTES  # a GPU node: the cap per worker
+    assert kept_pairs_bytes(1, 24 * 10**9) == LOADED_PAIRS_BYTES
+    assert 2**30 < node_memory() < 2**50  # this machine's, from the kernel

@@ -39,6 +39,7 @@ from pix2pix.progress import duration
 from pix2pix.training.budget import Budget
 from pix2pix.training.schedule import BUDGET_SECONDS, BudgetSchedule, EpochSchedule
 from pix2pix.training.shards import (
+    LOADED_PAIRS_BYTES,
     DatasetError,
     Shards,
     TrainingPairs,
@@ -58,6 +59,9 @@ PROGRESS_SECONDS = 30.0
 # A worker keeps its decoded share of the val split up to this size (the Recife split: 40 MB in
 # all): re-reading and decoding it at every validation cost more than a GPU epoch.
 VALIDATION_CACHE_BYTES = 2 * 2**30
+# The workers of one node keep at most this share of its memory in decoded train pairs (each
+# up to LOADED_PAIRS_BYTES): 8 workers on a 16 GB laptop keep 250 MB each, not 2 GB.
+KEPT_PAIRS_MEMORY_SHARE = 1 / 8
 
 
 @dataclass
@@ -101,7 +105,8 @@ def train_loop_per_worker(job: dict) -> None:
     pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
                           config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
                           crop_size=config.train.crop_size, flips=config.train.flips,
-                          decode_workers=config.decode_workers)
+                          decode_workers=config.decode_workers,
+                          loaded_bytes=kept_pairs_bytes(ray.train.get_context().get_local_world_size(), node_memory()))
     pairs_per_step = config.train.batch_size * world_size
     schedule = job_schedule(config, restored, pairs_per_step)
     samples = sample_pairs(config) if rank == 0 and config.val_shards else None
@@ -313,6 +318,16 @@ def remove_unsent_checkpoints(config: JobConfig) -> None:
     pattern = os.path.join(tempfile.gettempdir(), checkpoint_folder_prefix(config) + "*")
     for folder in glob.glob(pattern):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def kept_pairs_bytes(workers_here: int, node_memory: int) -> int:
+    """The decoded train pairs a worker may keep: LOADED_PAIRS_BYTES, less where its node's
+    ``workers_here`` would together pass KEPT_PAIRS_MEMORY_SHARE of the node's memory."""
+    return int(min(LOADED_PAIRS_BYTES, node_memory * KEPT_PAIRS_MEMORY_SHARE / workers_here))
+
+
+def node_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class ValidationPairs:
