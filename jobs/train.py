@@ -103,8 +103,8 @@ def parse_args(argv=None):
     return args
 
 
-def train_config(args, demo: bool, recipe: str) -> TrainConfig:
-    return recipe_config(recipe, demo, **cli.flag_values(args, TrainConfig))
+def train_config(args, demo: bool, recipe: str, gpu: bool = False) -> TrainConfig:
+    return recipe_config(recipe, demo, gpu, **cli.flag_values(args, TrainConfig))
 
 
 def epoch_intervals(args, use_gpu: bool) -> dict:
@@ -146,7 +146,7 @@ def main() -> int:
     name = args.name or demo_paths.DEMO_RUN_NAME
     resources = train.plan_on_cluster(args.num_workers, args.gpu, args.cpus_per_worker, args.threads)
     recipe = default_recipe(resources.use_gpu) if args.recipe == "auto" else args.recipe
-    config = train_config(args, demo, recipe)
+    config = train_config(args, demo, recipe, gpu=resources.use_gpu)
     job = train.JobConfig(train=config, data_uri=args.data,
                           direction=args.direction or shards.dataset_direction(args.data),
                           threads=resources.threads, palette=palette, verbose=args.verbose,

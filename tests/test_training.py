@@ -150,6 +150,13 @@ def test_train_job_recipes_and_their_overrides():
     overridden = job.train_config(job.parse_args(["--ngf", "48", "--lr", "1e-3"]), False, "compact")
     assert (overridden.ngf, overridden.ndf, overridden.lr) == (48, 16, 1e-3)
     assert default_recipe(use_gpu=True) == "paper" and default_recipe(use_gpu=False) == "compact"
+    # On GPUs: batch 16 and the recipe's lr x sqrt(16) unless chosen; the CPU defaults are unchanged.
+    gpu = job.train_config(args, False, "paper", gpu=True)
+    assert (gpu.batch_size, gpu.lr) == (16, 8e-4) and gpu.ngf == 64
+    chosen = job.train_config(job.parse_args(["--batch-size", "4"]), False, "paper", gpu=True)
+    assert (chosen.batch_size, chosen.lr) == (4, 2e-4)  # a chosen batch keeps the recipe's lr
+    assert job.train_config(job.parse_args(["--lr", "5e-4"]), False, "compact", gpu=True).lr == 5e-4
+    assert job.train_config(args, False, "compact", gpu=False) == compact
 
 
 def test_bf16_training_step_on_the_cpu():
