@@ -6,15 +6,13 @@ INSTALLED := $(VENV)/.installed
 
 .PHONY: install demo test test-fast test-reliability clean-demo
 
-# --no-compile: pip would byte-compile every file of every package (torch's and Ray's thousands:
-# 95 s of a 2-core install against 43 s without); Python compiles the modules a run imports, once.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile --upgrade pip
+	$(PY) -m pip install -q --upgrade pip
 	# torch first, so the pin resolves to the wheel the machine already has (CPU build here);
 	# GPU users: install a CUDA build of the same release first (see README).
-	$(PY) -m pip install -q --no-compile "torch==2.13.0"
-	$(PY) -m pip install -q --no-compile -e ".[test]"
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(INSTALLED)
 
 install: $(INSTALLED)
