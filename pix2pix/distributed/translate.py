@@ -12,6 +12,7 @@ and its windows are warped from them in the read stage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -393,8 +394,7 @@ def write_tilejson(run: Run) -> tuple[str | None, str | None]:
 def preview(uri: str, run: Run, samples: PreviewSamples, image_format: str) -> None:
     """--preview, a side concern: a preview that cannot be written is a warning, not a failure."""
     if run.raster:
-        sources = run.raster.sources
-        load_source = lambda key: rasters.read_tile(sources, key, run.image_size)  # noqa: E731
+        load_source = functools.partial(rasters.read_tile, run.raster.sources, size=run.image_size)
     else:
         load_source = input_tiles(run.input_root, run.image_size)
     try:
