@@ -1,7 +1,9 @@
 """The Ray-free core on a GPU: training step and generator throughput, bf16 and fp16, channels_last
 on and off, compiled and not at the GPU batch, the translation actor's core (translate_canvases:
 uint8 tiles in, class indices out, transfers included) at the GPU batch, the sample grid, a run
-resumed across memory layouts and an fp16 run resumed from a bf16 checkpoint. One JSON line per
+resumed across memory layouts, an fp16 run resumed from a bf16 checkpoint, and the training
+input's decoding on the machine's CPUs (the share of the input stream that needs no OpenCV or
+albumentations: Pillow's decode of each pair, in 1 and in all processes). One JSON line per
 measurement, each with its own peak memory; under 5 minutes on one GPU (--quick: 90 s). Needs
 torch, numpy, Pillow, safetensors and torchmetrics (no Ray, no Arrow, no albumentations, no
 OpenCV, no mercantile), so it runs on a device machine as is:
@@ -15,8 +17,11 @@ precisions the CPU has; those figures decide nothing.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,12 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from pix2pix.images import decode_image  # noqa: E402
 from pix2pix.model.palette import RECIFE_PALETTE  # noqa: E402
 from pix2pix.model.precision import native_precisions  # noqa: E402
 from pix2pix.tiles.translator import Translator, default_micro_batch, translate_canvases  # noqa: E402
 from pix2pix.training.step import Pix2Pix, TrainConfig, sample_grid  # noqa: E402
 
 GPU_TILE_BATCH = 64  # jobs/translate.py's --batch-size default on a GPU
+RECIFE_TRAIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "recife" / "train"
+INPUT_PAIRS = 512  # encoded pairs decoded per figure of the input check
 
 
 def emit(**fields) -> None:
@@ -116,6 +124,53 @@ def resume_across_layouts(config: TrainConfig, device: torch.device) -> dict:
     return results
 
 
+def encoded_pairs(count: int) -> tuple[list[tuple[bytes, bytes]], str]:
+    """(JPEG source, PNG target) pairs: the real Recife ones where ../shared is beside the checkout,
+    else made up at their size and formats (256 px; smooth noise, which compresses like imagery)."""
+    sources = sorted((RECIFE_TRAIN / "sat").glob("*.jpg"))[:count]
+    if sources:
+        return [(path.read_bytes(), (RECIFE_TRAIN / "map" / f"{path.stem}.png").read_bytes())
+                for path in sources], "recife"
+    from PIL import Image
+
+    generator, made = torch.Generator().manual_seed(0), []
+    for _ in range(min(count, 64)):
+        coarse = torch.randint(0, 256, (1, 3, 32, 32), generator=generator, dtype=torch.uint8).float()
+        image = torch.nn.functional.interpolate(coarse, size=256, mode="bilinear").byte()[0].permute(1, 2, 0).numpy()
+        encoded = []
+        for image_format in ("JPEG", "PNG"):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format=image_format)
+            encoded.append(buffer.getvalue())
+        made.append(tuple(encoded))
+    return [made[i % len(made)] for i in range(count)], "synthetic"
+
+
+def decode_pairs(pairs: list[tuple[bytes, bytes]]) -> int:
+    for source, target in pairs:
+        decode_image(source), decode_image(target)
+    return len(pairs)
+
+
+def input_decode(count: int) -> dict:
+    """Pairs/s of Pillow decoding a pair (the project's decode_image), in 1 process and in one per
+    CPU: ~55% of a pair's CPU in the input stream on the CPU machine (the rest, the resize, crop and
+    flip, needs OpenCV and albumentations, which the device machine lacks)."""
+    pairs, origin = encoded_pairs(count)
+    decode_pairs(pairs[:8])
+    started = time.perf_counter()
+    decode_pairs(pairs)
+    one = len(pairs) / (time.perf_counter() - started)
+    cpus = os.cpu_count() or 1
+    chunks = [pairs[i:i + 16] for i in range(0, len(pairs), 16)]
+    with multiprocessing.get_context("spawn").Pool(cpus) as pool:
+        pool.map(decode_pairs, chunks[:cpus])  # the processes' imports
+        started = time.perf_counter()
+        decoded = sum(pool.map(decode_pairs, chunks * 4))
+        every = decoded / (time.perf_counter() - started)
+    return {"pairs": origin, "cpus": cpus, "pairs_per_s_1_process": one, "pairs_per_s_all_cpus": every}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
@@ -158,6 +213,8 @@ def main() -> None:
              **tile_core(config, device, tiles, repeats=steps))
     emit(check="resume_across_layouts", **resume_across_layouts(
         TrainConfig(**{**base.to_dict(), "precision": best, "batch_size": 2}), device))
+
+    emit(check="input_decode", **input_decode(INPUT_PAIRS if cuda else 64))
 
     model = Pix2Pix(TrainConfig(**{**base.to_dict(), "precision": precisions[0]}), device)
     source, target = pairs(4, base.image_size, device)
