@@ -7,15 +7,16 @@ model taken out, against what the same CPUs do for the same work in plain proces
 Over the real Recife train split (1,500 pairs, prepared by jobs/prepare.py into WORK/recife),
 all at once in one run, so that the machine's load hits them alike; N = os.cpu_count():
 - the input stream alone (``TrainingPairs``: shard reads, decode, the paper's augmentation,
-  batches of 1) with 1 decode thread (the CPU workers' default) and with N: its first epoch,
-  which decodes every pair and keeps it resized, and its second on the same reader, which
-  only crops and flips the kept pairs and reads no shard ("kept");
+  batches of 1) with 1 decode thread (the CPU workers' default) and with N decode processes
+  (a GPU worker's, pix2pix/training/decode_processes.py; their start-up is timed apart): its
+  first epoch, which decodes every pair and keeps it resized, and its second on the same
+  reader, which only crops and flips the kept pairs and reads no shard ("kept");
 - the ceiling: N plain processes, each decoding and augmenting its share of the same epoch's
   pairs (records read before the clock starts); and 1 such process, whose rate gives the CPU
   ms per pair;
-- the alternative to threads: a process pool (torch's DataLoader, N worker processes, 8 pairs
+- the alternative that sends whole tensors: a process pool (torch's DataLoader, N worker processes, 8 pairs
   per task, tensors back through shared memory).
-Target: the stream with N threads >= 0.8x the N plain processes (which decode every pair, as
+Target: the stream with N decode workers >= 0.8x the N plain processes (which decode every pair, as
 a first epoch must).
 
 Then (not with --no-job) the fixed costs of an epoch of a width-1 training job (ngf 1, ndf 1,
@@ -73,16 +74,35 @@ def cpu_seconds() -> float:
 
 def stream(data: str, decode_workers: int) -> tuple[dict, dict]:
     """Pairs/s and CPU ms per pair of the input stream's first epoch (shard reads, decoding, pairs
-    kept) and of its second on the same reader (from the kept pairs)."""
+    kept) and of its second on the same reader (from the kept pairs); the first says how long
+    the reader took to start (its decode processes)."""
+    started = time.perf_counter()
     pairs = reader(data, decode_workers)
-    return stream_epoch(pairs, 0), stream_epoch(pairs, 1)
+    start_s = time.perf_counter() - started
+    try:
+        return stream_epoch(pairs, 0) | {"start_s": start_s}, stream_epoch(pairs, 1)
+    finally:
+        pairs.close()
 
 
 def stream_epoch(pairs, epoch: int) -> dict:
-    started, cpu = time.perf_counter(), cpu_seconds()
+    """The epoch's rate; its CPU is this process's and its decode processes' (from /proc: they are
+    the forkserver's children, not this process's)."""
+    started, cpu = time.perf_counter(), cpu_seconds() + decode_cpu_seconds(pairs)
     count = sum(batch["source"].shape[0] for batch in pairs.epoch(epoch))
     seconds = time.perf_counter() - started
-    return {"pairs_per_s": count / seconds, "cpu_ms_per_pair": 1000 * (cpu_seconds() - cpu) / count}
+    cpu = cpu_seconds() + decode_cpu_seconds(pairs) - cpu
+    return {"pairs_per_s": count / seconds, "cpu_ms_per_pair": 1000 * cpu / count}
+
+
+def decode_cpu_seconds(pairs) -> float:
+    if pairs.processes is None:
+        return 0.0
+    total = 0.0
+    for process in pairs.processes._processes:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
 def process_pool(data: str, processes: int) -> dict:
@@ -162,7 +182,8 @@ def input_figures(data: str, work: Path) -> list[dict]:
     rounds = []
     for _ in range(ROUNDS):  # interleaved: the load's drift hits every figure of a round alike
         figures = {f"plain {cpus} processes": plain_processes(data, cpus, work)}
-        figures[f"stream, {cpus} decode threads"], figures[f"stream, {cpus} decode threads, kept"] = stream(data, cpus)
+        name = f"stream, {cpus} decode processes"
+        figures[name], figures[f"{name}, kept"] = stream(data, cpus)
         figures["plain 1 process"] = plain_processes(data, 1, work)
         figures["stream, 1 decode thread"], figures["stream, 1 decode thread, kept"] = stream(data, 1)
         figures[f"process pool, {cpus} processes"] = process_pool(data, cpus)
@@ -233,18 +254,20 @@ def training(work: Path, job: bool = True) -> None:
         cpu = [f"{f['cpu_ms_per_pair']:.2f}" for f in figures if "cpu_ms_per_pair" in f]
         print(f"  {name:38s} " + ", ".join(f"{f['pairs_per_s']:7.1f}" for f in figures) + " pairs/s"
               + (f"; CPU {', '.join(cpu)} ms/pair" if cpu else ""))
+    print(f"  start-up of the {cpus} decode processes (not in their rates): " + ", ".join(
+        f"{r[f'stream, {cpus} decode processes']['start_s']:.2f}" for r in rounds) + " s")
     rates = [{name: figures["pairs_per_s"] for name, figures in r.items() if name != "load"} for r in rounds]
     for label, rate in [*((f"round {n}", rate) for n, rate in enumerate(rates, 1)),
                         ("best of each", {name: max(r[name] for r in rates) for name in rates[0]})]:
         ceiling = rate[f"plain {cpus} processes"]
-        print(f"  {label}: stream with {cpus} threads {rate[f'stream, {cpus} decode threads'] / ceiling:.2f}x "
+        print(f"  {label}: stream with {cpus} processes {rate[f'stream, {cpus} decode processes'] / ceiling:.2f}x "
               f"the {cpus} plain processes (target >= 0.8), with 1 thread "
               f"{rate['stream, 1 decode thread'] / ceiling:.2f}x, process pool "
               f"{rate[f'process pool, {cpus} processes'] / ceiling:.2f}x; 1 plain process "
               f"{1000 / rate['plain 1 process']:.2f} ms/pair")
-        print(f"    kept pairs (second epoch): stream with {cpus} threads "
-              f"{rate[f'stream, {cpus} decode threads, kept'] / ceiling:.2f}x the {cpus} plain processes "
-              f"({rate[f'stream, {cpus} decode threads, kept'] / rate[f'stream, {cpus} decode threads']:.2f}x "
+        print(f"    kept pairs (second epoch): stream with {cpus} processes "
+              f"{rate[f'stream, {cpus} decode processes, kept'] / ceiling:.2f}x the {cpus} plain processes "
+              f"({rate[f'stream, {cpus} decode processes, kept'] / rate[f'stream, {cpus} decode processes']:.2f}x "
               f"its first epoch), with 1 thread {rate['stream, 1 decode thread, kept'] / ceiling:.2f}x "
               f"({rate['stream, 1 decode thread, kept'] / rate['stream, 1 decode thread']:.2f}x its first epoch)")
     if job:

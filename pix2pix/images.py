@@ -57,7 +57,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)  # no copy to convert
 
 
 def encode_image(image: np.ndarray, image_format: str = "png", quality: int = 90, png_level: int = 6) -> bytes:

@@ -1,9 +1,12 @@
-"""A training worker keeps its pairs decoded and resized (``TrainingPairs.loaded``): later epochs
-crop and flip them alone, give the batches of a decode from scratch byte for byte, stay within a
-memory cap, and read no shard whose rows they all keep."""
+"""A training worker keeps its pairs decoded and resized (``TrainingPairs.kept``), in its decode
+thread (``loaded``) or in its decode processes: later epochs crop and flip them alone, give the
+batches of a decode from scratch byte for byte, stay within a memory cap, and read no shard whose
+rows they all keep. Processes that fail or stop early lose nothing and leave nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from pathlib import Path
 
@@ -12,12 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pix2pix.images import BadImage
 from pix2pix.training import shards
 from pix2pix.training.augmentation import EpochAugmentation, load_size_for, stack_pairs
+from pix2pix.training.decode_processes import DecodeProcessError
 from pix2pix.training.shards import SHARD_SCHEMA, LoadedPairs, in_batches
 from tests.test_training_input import SIZE, record
 
 SEED = 7
+THREAD, PROCESSES = 1, 2  # decode workers: one thread, or two processes (each starts in ~2 s: few tests start them)
 
 
 def write_shards(folder: Path, records: list[dict], per_shard: int) -> str:
@@ -41,8 +47,15 @@ def noise_dataset(tmp_path) -> str:
     return write_shards(tmp_path, [record(f"pair-{number:02d}", number) for number in range(18)], per_shard=6)
 
 
+@pytest.fixture
+def readers():
+    """``reader_of``, each reader closed at the test's end."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *args, **options: stack.enter_context(contextlib.closing(reader_of(*args, **options)))
+
+
 def reader_of(dataset: str, image_size: int = SIZE, **options) -> shards.TrainingPairs:
-    options = {"batch_size": 2, "decode_workers": 3, **options}
+    options = {"batch_size": 2, "decode_workers": THREAD, **options}
     return shards.TrainingPairs(dataset, shards.find_shards(dataset)[0], image_size, seed=SEED, **options)
 
 
@@ -57,31 +70,54 @@ def from_scratch(reader: shards.TrainingPairs, epoch: int) -> list[bytes]:
     return [b"".join(stack_pairs(batch)[name].tobytes() for name in ("source", "target")) for batch in batches]
 
 
-@pytest.mark.parametrize("options", [{}, {"flips": "square", "crop_size": 200}])
-def test_kept_pairs_give_the_batches_of_a_decode_from_scratch_on_real_images(tmp_path, recife, options):
+@pytest.mark.parametrize(("workers", "options"), [(THREAD, {}), (THREAD, {"flips": "square", "crop_size": 200}),
+                                                  (PROCESSES, {"flips": "square", "crop_size": 200})])
+def test_kept_pairs_give_the_batches_of_a_decode_from_scratch_on_real_images(tmp_path, recife, readers, workers,
+                                                                            options):
     dataset = write_shards(tmp_path, recife_records(recife, 12), per_shard=4)
-    reader = reader_of(dataset, 256, rank=1, world_size=2, **options)  # half the pairs an epoch: new ones later
+    reader = readers(dataset, 256, rank=1, world_size=2, decode_workers=workers, **options)  # half the pairs an epoch
     kept = []
     for epoch in range(4):
         assert served(reader, epoch) == from_scratch(reader, epoch)
-        kept.append(len(reader.loaded))
-    assert kept[0] == 6 and kept[-1] > 6  # later epochs met other pairs, and kept them too
-    key, source, target = reader.loaded.get(next(iter(reader.loaded)))
-    assert source.shape == target.shape == (load_size_for(256), load_size_for(256), 3)
+        kept.append(len(reader.kept))
+    assert kept[0] == reader.batches * reader.batch_size and kept[-1] > kept[0]  # new pairs met were kept too
+    if workers == THREAD:
+        key, source, target = reader.loaded.get(next(iter(reader.loaded)))
+        assert source.shape == target.shape == (load_size_for(256), load_size_for(256), 3)
 
 
-def test_pairs_beyond_the_memory_cap_are_decoded_in_every_epoch(noise_dataset):
+def test_pairs_beyond_the_memory_cap_are_decoded_in_every_epoch(noise_dataset, readers):
     pair_bytes = 2 * load_size_for(SIZE) ** 2 * 3
-    reader = reader_of(noise_dataset, loaded_bytes=5 * pair_bytes + pair_bytes // 2)
+    reader = readers(noise_dataset, loaded_bytes=5 * pair_bytes + pair_bytes // 2)
     for epoch in range(3):
         assert served(reader, epoch) == from_scratch(reader, epoch)
         assert len(reader.loaded) == 5 and reader.loaded.size_bytes == 5 * pair_bytes
-    nothing_kept = reader_of(noise_dataset, loaded_bytes=0)
+    nothing_kept = readers(noise_dataset, loaded_bytes=0)
     assert served(nothing_kept, 1) == from_scratch(nothing_kept, 1) and len(nothing_kept.loaded) == 0
 
 
-def test_an_epoch_of_kept_pairs_reads_no_shard(noise_dataset):
-    reader = reader_of(noise_dataset)
+def test_decode_processes_reuse_their_ring_for_batches_across_chunks(tmp_path, readers):
+    """Batches of 10 span the processes' chunks of 8 pairs, in an epoch longer than their ring."""
+    dataset = write_shards(tmp_path, [record(f"pair-{number:02d}", number) for number in range(90)], per_shard=30)
+    reader = readers(dataset, decode_workers=PROCESSES, batch_size=10)
+    assert reader.batches * reader.batch_size > len(reader.processes.ring)
+    for epoch in range(2):
+        assert served(reader, epoch) == from_scratch(reader, epoch)
+
+
+def test_decode_processes_share_the_memory_cap(noise_dataset, readers):
+    pair_bytes = 2 * load_size_for(SIZE) ** 2 * 3
+    reader = readers(noise_dataset, decode_workers=PROCESSES, loaded_bytes=PROCESSES * 2 * pair_bytes - 1)
+    kept = []
+    for epoch in range(3):
+        assert served(reader, epoch) == from_scratch(reader, epoch)
+        kept.append(len(reader.kept))
+    assert kept == [PROCESSES, PROCESSES, PROCESSES]  # one pair each: a second would pass its share
+
+
+@pytest.mark.parametrize("workers", [THREAD, PROCESSES])
+def test_an_epoch_of_kept_pairs_reads_no_shard(noise_dataset, readers, workers):
+    reader = readers(noise_dataset, decode_workers=workers)
     expected = from_scratch(reader, 1)
     served(reader, 0)
     for shard in Path(noise_dataset, "train").glob("*.parquet"):
@@ -89,8 +125,9 @@ def test_an_epoch_of_kept_pairs_reads_no_shard(noise_dataset):
     assert served(reader, 1) == expected
 
 
-def test_a_shard_read_for_pairs_not_kept_is_still_checked(noise_dataset):
-    reader = reader_of(noise_dataset, world_size=2)  # keeps half the pairs in epoch 0
+@pytest.mark.parametrize("workers", [THREAD, PROCESSES])
+def test_a_shard_read_for_pairs_not_kept_is_still_checked(noise_dataset, readers, workers):
+    reader = readers(noise_dataset, world_size=2, decode_workers=workers)  # keeps half the pairs in epoch 0
     served(reader, 0)
     for shard in Path(noise_dataset, "train").glob("*.parquet"):  # the dataset changes under the run
         table = pq.read_table(shard)
@@ -128,3 +165,32 @@ def test_a_kept_pair_owns_its_arrays():
     _, source, target = loaded.get((0, 0))
     image[...] = 1
     assert source.base is None and target.base is None and not source.any() and not target.any()
+
+
+@pytest.mark.parametrize("workers", [THREAD, PROCESSES])
+def test_a_pair_that_cannot_be_decoded_fails_the_epoch_with_its_reason(tmp_path, readers, workers):
+    records = [record(f"pair-{number:02d}", number) for number in range(6)]
+    records[3] = {**records[3], "source": b"not an image"}
+    reader = readers(write_shards(tmp_path, records, per_shard=6), decode_workers=workers)
+    with pytest.raises(BadImage, match="not a recognised image format"):
+        served(reader, 0)
+
+
+def test_an_epoch_stopped_early_leaves_the_next_one_whole_and_a_killed_process_fails_it(noise_dataset, readers):
+    reader = readers(noise_dataset, decode_workers=PROCESSES, loaded_bytes=0)
+    batches = reader.epoch(0)
+    next(batches)
+    batches.close()  # a budget that ran out inside the epoch: the processes still owe answers
+    assert served(reader, 1) == from_scratch(reader, 1)
+    os.kill(reader.processes._processes[0].pid, 9)
+    with pytest.raises(DecodeProcessError, match="a decode process ended"):  # not a hang
+        served(reader, 2)
+
+
+def test_closing_ends_the_decode_processes_and_frees_their_shared_memory(noise_dataset):
+    reader = reader_of(noise_dataset, decode_workers=PROCESSES)
+    served(reader, 0)
+    processes, ring = reader.processes._processes, Path("/dev/shm", reader.processes._memory.name)
+    assert ring.exists() and all(process.poll() is None for process in processes)
+    reader.close()
+    assert not ring.exists() and all(process.poll() is not None for process in processes)

@@ -3,6 +3,7 @@ several threads into the same batches as by one."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -80,17 +81,17 @@ def dataset(tmp_path) -> str:
 
 def epoch_batches(dataset: str, epoch: int, decode_workers: int, batch_size: int = 4) -> list[torch.Tensor]:
     train, _ = shards.find_shards(dataset)
-    reader = shards.TrainingPairs(dataset, train, SIZE, batch_size, seed=7, decode_workers=decode_workers)
-    batches = [torch.cat([batch["source"], batch["target"]]) for batch in reader.epoch(epoch)]
+    with contextlib.closing(shards.TrainingPairs(dataset, train, SIZE, batch_size, seed=7,
+                                                 decode_workers=decode_workers)) as reader:
+        batches = [torch.cat([batch["source"], batch["target"]]) for batch in reader.epoch(epoch)]
     assert len(batches) == reader.batches == 18 // batch_size
     return batches
 
 
-def test_the_batches_are_the_same_for_any_number_of_decode_threads(dataset):
+def test_the_batches_are_the_same_from_a_decode_thread_and_from_decode_processes(dataset):
     one = epoch_batches(dataset, 2, decode_workers=1)
-    for workers in (2, 4):
-        assert all(torch.equal(a, b) for a, b in zip(one, epoch_batches(dataset, 2, decode_workers=workers)))
-    assert not all(torch.equal(a, b) for a, b in zip(one, epoch_batches(dataset, 3, decode_workers=4)))
+    assert all(torch.equal(a, b) for a, b in zip(one, epoch_batches(dataset, 2, decode_workers=3)))
+    assert not all(torch.equal(a, b) for a, b in zip(one, epoch_batches(dataset, 3, decode_workers=1)))
 
 
 def test_ordered_map_keeps_the_order_and_runs_the_workers_at_once():

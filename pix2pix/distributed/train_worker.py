@@ -11,6 +11,7 @@ paper's epochs or a user's budget, pix2pix/training/schedule.py) sets the lr and
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import heapq
 import json
@@ -75,7 +76,7 @@ class JobConfig:
     val_shards: Shards | None = None
     direction: str = "AtoB"
     threads: int = 1
-    decode_workers: int = 1  # threads decoding the training pairs; fit() sets it from the workers' CPUs
+    decode_workers: int = 1  # processes decoding the training pairs (1: a thread); fit() sets it from the CPUs
     checkpoint_every: int = 1
     # When set, checkpoint when this many minutes have passed since the last checkpoint instead
     # of every checkpoint_every epochs (GPU epochs take seconds; a checkpoint is ~0.9 GB).
@@ -102,54 +103,59 @@ def train_loop_per_worker(job: dict) -> None:
     model = build_model(config, rank)
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
-    pairs = TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
-                          config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
-                          crop_size=config.train.crop_size, flips=config.train.flips,
-                          decode_workers=config.decode_workers,
-                          loaded_bytes=kept_pairs_bytes(ray.train.get_context().get_local_world_size(), node_memory()))
-    pairs_per_step = config.train.batch_size * world_size
-    schedule = job_schedule(config, restored, pairs_per_step)
-    samples = sample_pairs(config) if rank == 0 and config.val_shards else None
-    validation_pairs = ValidationPairs(config, rank, world_size) if config.val_shards else None
-    history = History(config.run_uri) if rank == 0 else None
-    flag_group = host_group()
-    last_checkpoint = time.monotonic()
-    losses: list[dict[str, float]] = []
-    while not schedule.done(model):
-        progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
-        model.seed_epoch(rank)
-        epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, schedule, flag_group)
-        if schedule.done(model):  # a budget runs out inside an epoch: its schedule ends at lr 0
-            model.set_learning_rate_factor(schedule.lr_factor(model))
-        elif epoch.batches == 0:
-            raise DatasetError("the training data ended early")
-        metrics = {"epoch": model.epoch + 1, "step": model.step, "pairs": model.step * pairs_per_step,
-                   "resumed_from_epoch": resumed_from_epoch, "lr": model.learning_rate, **epoch.losses,
-                   "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
-                   "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
-                   "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds, **schedule.metrics(model)}
-        model.end_epoch()
-        losses.append(epoch.losses)
-        last = schedule.done(model)
-        checkpointing = last or checkpoint_due(model, config, last_checkpoint)
-        validating = validation_pairs is not None and (model.epoch % config.validate_every == 0 or last)
-        if checkpointing:
-            # Reported before validation, so that a slow or failing validation never costs the
-            # epoch; the validation metrics then go in a report of their own.
-            started = time.perf_counter()
-            report_checkpoint(model, config, metrics, samples, schedule, rank)
-            metrics["checkpoint_seconds"] = time.perf_counter() - started
-            last_checkpoint = time.monotonic()
-        if validating:
-            started = time.perf_counter()
-            metrics.update({f"val_{name}": value for name, value in validate(model, config, validation_pairs).items()})
-            metrics["validation_seconds"] = time.perf_counter() - started
-        warning = balance_warning(losses)
-        if history is not None:
-            print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
-            history.append(metrics)
-        if validating or not checkpointing:
-            ray.train.report(metrics)
+    with contextlib.closing(training_pairs(config, model, rank, world_size)) as pairs:  # ends decode processes
+        pairs_per_step = config.train.batch_size * world_size
+        schedule = job_schedule(config, restored, pairs_per_step)
+        samples = sample_pairs(config) if rank == 0 and config.val_shards else None
+        validation_pairs = ValidationPairs(config, rank, world_size) if config.val_shards else None
+        history = History(config.run_uri) if rank == 0 else None
+        flag_group = host_group()
+        last_checkpoint = time.monotonic()
+        losses: list[dict[str, float]] = []
+        while not schedule.done(model):
+            progress = Progress(model.epoch, pairs.batches, pairs_per_step, enabled=rank == 0)
+            model.seed_epoch(rank)
+            epoch = train_epoch(model, pairs.epoch(model.epoch), pairs.batches, config, progress, schedule, flag_group)
+            if schedule.done(model):  # a budget runs out inside an epoch: its schedule ends at lr 0
+                model.set_learning_rate_factor(schedule.lr_factor(model))
+            elif epoch.batches == 0:
+                raise DatasetError("the training data ended early")
+            metrics = {"epoch": model.epoch + 1, "step": model.step, "pairs": model.step * pairs_per_step,
+                       "resumed_from_epoch": resumed_from_epoch, "lr": model.learning_rate, **epoch.losses,
+                       "pairs_per_s": epoch.batches * config.train.batch_size / epoch.seconds,
+                       "epoch_seconds": epoch.seconds, "first_batch_seconds": epoch.first_batch_seconds,
+                       "input_wait_fraction": epoch.input_wait_seconds / epoch.seconds, **schedule.metrics(model)}
+            model.end_epoch()
+            losses.append(epoch.losses)
+            last = schedule.done(model)
+            checkpointing = last or checkpoint_due(model, config, last_checkpoint)
+            validating = validation_pairs is not None and (model.epoch % config.validate_every == 0 or last)
+            if checkpointing:
+                # Reported before validation, so that a slow or failing validation never costs the
+                # epoch; the validation metrics then go in a report of their own.
+                started = time.perf_counter()
+                report_checkpoint(model, config, metrics, samples, schedule, rank)
+                metrics["checkpoint_seconds"] = time.perf_counter() - started
+                last_checkpoint = time.monotonic()
+            if validating:
+                started = time.perf_counter()
+                validated = validate(model, config, validation_pairs)
+                metrics.update({f"val_{name}": value for name, value in validated.items()})
+                metrics["validation_seconds"] = time.perf_counter() - started
+            warning = balance_warning(losses)
+            if history is not None:
+                print(_epoch_line(metrics) + (f"\nwarning: {warning}" if warning else ""), flush=True)
+                history.append(metrics)
+            if validating or not checkpointing:
+                ray.train.report(metrics)
+
+
+def training_pairs(config: JobConfig, model: Pix2Pix, rank: int, world_size: int) -> TrainingPairs:
+    kept = kept_pairs_bytes(ray.train.get_context().get_local_world_size(), node_memory())
+    return TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
+                         config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
+                         crop_size=config.train.crop_size, flips=config.train.flips,
+                         decode_workers=config.decode_workers, loaded_bytes=kept)
 
 
 def build_model(config: JobConfig, rank: int) -> Pix2Pix:

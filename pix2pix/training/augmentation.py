@@ -131,6 +131,14 @@ class EpochAugmentation:
         return getattr(self._local, name)
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A loaded image to keep: its own copy when it is a view (of a side-by-side image, say, which
+    it would keep whole), read-only."""
+    owned = array if array.flags.owndata and array.flags.c_contiguous else array.copy()
+    owned.flags.writeable = False
+    return owned
+
+
 def stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     """(source, target) CHW pairs -> {"source", "target"} uint8 NCHW arrays."""
     return {"source": np.ascontiguousarray(np.stack([source for source, _ in pairs])),

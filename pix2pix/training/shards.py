@@ -1,13 +1,13 @@
 """Prepared Parquet shards, read and decoded inside the process that trains on them.
 
 Each training worker reads its own part of every epoch straight from storage and decodes it
-in background threads of its own process: ``decode_workers`` threads (the CPUs its reservation
-leaves beside the training step, see pix2pix/distributed/train.py), one on a CPU worker, whose
-torch threads take its CPUs. Threads rather than processes: Pillow's decoders and OpenCV's
-resize release the GIL, and on 2 cores a process pool (torch's DataLoader) spent ~1 ms more CPU
-per pair on copies than the GIL cost the threads (bench/ceiling_training.py). A worker that needs
-no other process for its data can never wait for a CPU that another stage holds (see
-pix2pix/distributed/train.py).
+itself: in ``decode_workers`` processes of its own (the CPUs its reservation leaves beside the
+training step, see pix2pix/distributed/train.py; ``decode_processes.py``), or in one thread
+beside the step on a CPU worker, whose torch threads take its CPUs. Processes that keep the
+pairs and send back only crops through shared memory, not threads (one GIL: two reached ~0.55x
+two plain processes on 2 cores) nor a process pool that sends whole tensors (torch's DataLoader:
+~1 ms more CPU per pair on copies; bench/ceiling_training.py). A worker whose data needs no
+other Ray stage can never wait for a CPU that another stage holds.
 
 An epoch is the train split in a shard order fixed by (seed, epoch), each shard's rows in an
 order fixed by (seed, epoch, shard), cut into one contiguous slice per worker of exactly
@@ -31,7 +31,7 @@ import json
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +43,14 @@ import torch
 from pix2pix import storage
 from pix2pix.errors import JobError
 from pix2pix.hashing import stable_hash
-from pix2pix.training.augmentation import EpochAugmentation, paired_transform, preprocess_records, stack_pairs
+from pix2pix.training.augmentation import (
+    EpochAugmentation,
+    paired_transform,
+    preprocess_records,
+    read_only,
+    stack_pairs,
+)
+from pix2pix.training.decode_processes import DecodeProcesses, Place, ring_bytes, shared_memory_room
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([
@@ -141,9 +148,6 @@ def read_shard(filesystem, path: str) -> pa.Table:
     return pq.read_table(pa.BufferReader(storage.read_bytes(filesystem, path)))
 
 
-Place = tuple[int, int]  # (shard file index, row index): a train pair's place in the split
-
-
 class LoadedPairs:
     """Pairs decoded and resized to the load size (``EpochAugmentation.load``), kept across epochs
     by place while their bytes stay within ``limit_bytes``; a pair that would pass it is not kept.
@@ -179,19 +183,15 @@ class LoadedPairs:
             self._pairs[place] = (key, read_only(source), read_only(target))
 
 
-def read_only(array: np.ndarray) -> np.ndarray:
-    owned = array if array.flags.owndata and array.flags.c_contiguous else array.copy()
-    owned.flags.writeable = False
-    return owned
-
-
 class TrainingPairs:
     """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors
     (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work), decoded
-    by ``decode_workers`` threads; the batches are the same for any number of them.
+    by ``decode_workers`` processes of its own (``DecodeProcesses``), or in a thread beside the
+    training step with one (a CPU worker, whose torch threads take its CPUs) or where shared
+    memory has no room; the batches are the same either way.
 
-    Each pair it meets is decoded and resized once and kept in ``loaded`` (up to ``loaded_bytes``):
-    later epochs crop and flip it alone (see the module's docstring)."""
+    Each pair it meets is decoded and resized once and kept (up to ``loaded_bytes``): later epochs
+    crop and flip it alone (see the module's docstring). ``close`` ends the processes."""
 
     def __init__(self, data_uri: str, shards: Shards, image_size: int, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1, pin_memory: bool = False, crop_size: int | None = None,
@@ -202,15 +202,34 @@ class TrainingPairs:
         self.rank, self.pin_memory, self.decode_workers = rank, pin_memory, decode_workers
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
         self.loaded = LoadedPairs(loaded_bytes)
+        self.processes = None
+        if decode_workers > 1 and shared_memory_room() > 2 * ring_bytes(batch_size, crop_size or image_size):
+            self.processes = DecodeProcesses(decode_workers, image_size, seed, batch_size, crop_size, flips,
+                                             loaded_bytes)
+
+    @property
+    def kept(self) -> Container[Place] | LoadedPairs:
+        """The places of the pairs kept (``len`` says how many)."""
+        return self.processes.kept if self.processes else self.loaded
+
+    def close(self) -> None:
+        if self.processes:
+            self.processes.close()
 
     def epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """The epoch's batches, decoded ahead in background threads."""
-        return prefetched(lambda: self._decode_epoch(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
+        """The epoch's batches, made ahead in a background thread (and the decode processes)."""
+        make = self._processes_epoch if self.processes else self._decode_epoch
+        return prefetched(lambda: make(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
+
+    def _processes_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.processes.batches(epoch, self._rows(epoch, self.kept)):
+            yield self._tensors(batch)
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment = EpochAugmentation(self.image_size, self.seed, epoch, self.crop_size, self.flips)
         ahead = max(PREFETCH_PAIRS, 4 * self.decode_workers)
-        pairs = ordered_map(lambda row: self._augmented(augment, *row), self._rows(epoch), self.decode_workers, ahead)
+        pairs = ordered_map(lambda row: self._augmented(augment, *row), self._rows(epoch, self.kept),
+                            self.decode_workers, ahead)
         for batch in in_batches(pairs, self.batch_size):
             yield self._tensors(stack_pairs(batch))
 
@@ -222,12 +241,12 @@ class TrainingPairs:
         self.loaded.keep(place, record["key"], source, target)
         return augment.crop_and_flip(record["key"], source, target)
 
-    def _rows(self, epoch: int) -> Iterator[tuple[Place, dict | None]]:
+    def _rows(self, epoch: int, kept: Container[Place]) -> Iterator[tuple[Place, dict | None]]:
         """This worker's rows of ``epoch`` in reading order as (place, record), the record None for
         a pair kept when the epoch starts (kept for good, so still kept when it is decoded); only
         shards with a row not kept are read."""
         slices = self._slices(epoch)
-        missing = [[int(row) for row in rows if (index, int(row)) not in self.loaded] for index, rows in slices]
+        missing = [[int(row) for row in rows if (index, int(row)) not in kept] for index, rows in slices]
         records = self._read_rows([(index, rows) for (index, _), rows in zip(slices, missing) if rows])
         for (index, rows), not_kept in zip(slices, missing):
             found = dict(zip(not_kept, next(records))) if not_kept else {}
