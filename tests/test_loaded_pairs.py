@@ -194,3 +194,15 @@ def test_closing_ends_the_decode_processes_and_frees_their_shared_memory(noise_d
     assert ring.exists() and all(process.poll() is None for process in processes)
     reader.close()
     assert not ring.exists() and all(process.poll() is not None for process in processes)
+
+
+def test_decode_processes_start_inside_a_ray_worker(noise_dataset, ray_session):
+    """Where a GPU worker starts them: a Ray worker process, whose main module is Ray's script."""
+
+    @ray_session.remote(num_cpus=0.5)
+    def first_epoch(dataset: str) -> tuple[bool, list[bytes]]:
+        with contextlib.closing(reader_of(dataset, decode_workers=PROCESSES)) as reader:
+            return reader.processes is not None, served(reader, 0)
+
+    in_processes, batches = ray_session.get(first_epoch.remote(noise_dataset))
+    assert in_processes and batches == from_scratch(reader_of(noise_dataset), 0)
