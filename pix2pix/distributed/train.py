@@ -40,8 +40,8 @@ class TrainResources:
 
     @property
     def decode_workers(self) -> int:
-        """Threads decoding a worker's input: the whole CPUs of its bundle beyond its torch threads,
-        at least one (on CPUs the torch threads take them all: the step costs ~60x the decoding)."""
+        """Processes decoding a worker's input: the whole CPUs of its bundle beyond its torch threads;
+        1 means a thread (on CPUs the torch threads take them all: the step costs ~60x the decoding)."""
         return max(1, int(self.cpus_per_worker) - self.threads)
 
 

@@ -2,8 +2,8 @@
 checkpoint, validate, report.
 
 Each worker reads its own part of every epoch from the prepared shards and decodes it in
-background threads of its own process, one per CPU its bundle holds beside the step
-(pix2pix/training/shards.py); validation reads the val split the same way, each pair on exactly
+processes of its own, one per CPU its bundle holds beside the step, or in one thread when the
+step takes them all (pix2pix/training/shards.py); validation reads the val split the same way, each pair on exactly
 one worker (chosen by a hash of its key), and the metric sums are all-reduced, so the result
 covers the whole split once. The schedule (the
 paper's epochs or a user's budget, pix2pix/training/schedule.py) sets the lr and ends the run.

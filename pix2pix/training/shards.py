@@ -12,8 +12,8 @@ other Ray stage can never wait for a CPU that another stage holds.
 An epoch is the train split in a shard order fixed by (seed, epoch), each shard's rows in an
 order fixed by (seed, epoch, shard), cut into one contiguous slice per worker of exactly
 ``batches_per_epoch * batch_size`` rows, so every worker takes the same number of steps. Each
-pair's crop and flip are seeded by (seed, epoch, key), so the batches are the same whatever the
-number of decode threads. Epoch numbers are absolute: a resumed run reads epoch 5 as an
+pair's crop and flip are seeded by (seed, epoch, key), so the batches are the same whatever
+decodes them, a thread or any number of processes. Epoch numbers are absolute: a resumed run reads epoch 5 as an
 uninterrupted run would.
 
 A worker decodes each pair it meets and resizes it to the load size once, and keeps it in memory
