@@ -38,6 +38,7 @@ from pix2pix.model.palette import balanced_class_weights, class_counts
 from pix2pix.model.precision import set_threads
 from pix2pix.progress import duration
 from pix2pix.training.budget import Budget
+from pix2pix.training.decode_processes import SHARED_MEMORY
 from pix2pix.training.schedule import BUDGET_SECONDS, BudgetSchedule, EpochSchedule
 from pix2pix.training.shards import (
     LOADED_PAIRS_BYTES,
@@ -104,6 +105,8 @@ def train_loop_per_worker(job: dict) -> None:
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     with contextlib.closing(training_pairs(config, model, rank, world_size)) as pairs:  # ends decode processes
+        if rank == 0 and config.decode_workers > 1:
+            print(input_line(pairs, config.decode_workers), flush=True)
         pairs_per_step = config.train.batch_size * world_size
         schedule = job_schedule(config, restored, pairs_per_step)
         samples = sample_pairs(config) if rank == 0 and config.val_shards else None
@@ -156,6 +159,15 @@ def training_pairs(config: JobConfig, model: Pix2Pix, rank: int, world_size: int
                          config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
                          crop_size=config.train.crop_size, flips=config.train.flips,
                          decode_workers=config.decode_workers, loaded_bytes=kept)
+
+
+def input_line(pairs: TrainingPairs, decode_workers: int) -> str:
+    """What a worker's input runs on, said once: a warning where the processes could not start."""
+    kept = f"decoded pairs kept up to {pairs.loaded.limit_bytes / 1e9:.1f} GB a worker"
+    if pairs.processes:
+        return f"input: {decode_workers} decode processes a worker, {kept}"
+    return (f"warning: input: one decode thread a worker, not {decode_workers} processes: {SHARED_MEMORY} has no "
+            "room for their shared memory (give the container more, e.g. docker run --shm-size); " + kept)
 
 
 def build_model(config: JobConfig, rank: int) -> Pix2Pix:
