@@ -15,6 +15,7 @@ import json
 import math
 import mmap
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -145,7 +146,10 @@ class DecodeProcesses:
         for offset, (place, record) in enumerate(chunk):
             parts.setdefault(self.owner(place), []).append((place, record, ring_chunk * CHUNK_PAIRS + offset))
         for owner, items in parts.items():
-            self._connections[owner].send((epoch, items))
+            try:
+                self._connections[owner].send((epoch, items))
+            except OSError:
+                raise self._ended(owner) from None
         return ring_chunk, len(chunk), list(parts)
 
     def _receive(self, owners: list[int], raise_errors: bool = True) -> None:
@@ -161,8 +165,11 @@ class DecodeProcesses:
         try:
             return self._connections[owner].recv()
         except (EOFError, OSError):
-            raise DecodeProcessError(f"a decode process ended (exit code {self._processes[owner].wait()}): "
-                                     "killed, or out of memory") from None
+            raise self._ended(owner) from None
+
+    def _ended(self, owner: int) -> DecodeProcessError:
+        return DecodeProcessError(f"a decode process ended (exit code {self._processes[owner].wait()}): "
+                                  "killed, or out of memory")
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
@@ -190,7 +197,8 @@ def shut_down(connections: list[Connection], processes: list[subprocess.Popen], 
             process.wait()
     for connection in connections:
         connection.close()
-    memory.close()
+    # Unlinked, not unmapped: a prefetch thread still draining an epoch may be copying from the
+    # ring, which numpy does not pin. Its pages go when the last mapping does (this object's).
     memory.unlink()
 
 
@@ -258,7 +266,7 @@ def receive(connection: Connection):
 def send_answer(connection: Connection, newly: list[Place], error: Exception | None) -> None:
     try:
         connection.send((newly, error))
-    except (TypeError, AttributeError, ValueError):  # an error that cannot be pickled
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError):  # an error that cannot be pickled
         connection.send((newly, RuntimeError(repr(error))))
 
 
