@@ -70,9 +70,9 @@ IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
 # GPU, each pool gets the share of the spare CPUs its work takes per tile.
 READ_MS = {"tiles": 0.8, "rasters": 12.2}
 WRITE_MS = 1.2
-# Per planning task. Planning is listing, mostly waiting on storage; a reservation other than
-# the read actors' also keeps Ray Data from fusing the two, which planned each shard only when a
-# read actor came to it: the run's total was known near its end.
+# Per planning task: listing, mostly waiting on storage. (Planning runs before the pipeline, see
+# build_pipeline: fused into the read actors, or streamed beside them, a shard was planned only
+# when a read actor came to it, and the run's total was known near its end.)
 PLAN_CPUS = 0.25
 # Tiles per block between the stages, whatever the generator's call: each block costs every
 # stage a task, a round trip through the object store and the driver's bookkeeping (~100 ms of
@@ -309,7 +309,7 @@ def build_pipeline(options: TranslateOptions, run: Run, shards: list[Shard], pro
     # Every shard planned before the first tile is read: streamed, planning ran only as fast as
     # the generator took tiles (Ray Data holds back an operator whose output waits), so an
     # 18,144-tile run knew its total at 0.74-0.79 of the run, with no ETA before; alone it has
-    # the CPUs to itself for a few seconds. The units are small (~200 bytes a tile).
+    # the CPUs to itself for a few seconds. The units are small (~200 bytes a tile, estimated).
     units = planning.materialize()
     units.context.enable_progress_bars = options.verbose
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
