@@ -89,8 +89,8 @@ def stream(data: str, decode_workers: int, batch_size: int = 1) -> tuple[dict, d
 
 
 def stream_epoch(pairs, epoch: int) -> dict:
-    """The epoch's rate; its CPU is this process's and its decode processes' (from /proc: they are
-    the forkserver's children, not this process's)."""
+    """The epoch's rate; its CPU is this process's and its decode processes' (from /proc: a child's
+    CPU reaches ``os.times`` only once it has been waited for, at the reader's close)."""
     started, cpu = time.perf_counter(), cpu_seconds() + decode_cpu_seconds(pairs)
     count = sum(batch["source"].shape[0] for batch in pairs.epoch(epoch))
     seconds = time.perf_counter() - started

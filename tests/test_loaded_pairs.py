@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pix2pix.images import BadImage
-from pix2pix.training import shards
+from pix2pix.training import decode_processes, shards
 from pix2pix.training.augmentation import EpochAugmentation, load_size_for, stack_pairs
 from pix2pix.training.decode_processes import DecodeProcessError
 from pix2pix.training.shards import SHARD_SCHEMA, LoadedPairs, in_batches
@@ -211,10 +211,10 @@ def test_decode_processes_start_inside_a_ray_worker(noise_dataset, ray_session):
 def test_a_worker_says_what_its_input_runs_on_and_warns_without_shared_memory(noise_dataset, readers, monkeypatch):
     from pix2pix.distributed.train_worker import input_line
 
-    line = input_line(readers(noise_dataset, decode_workers=PROCESSES, loaded_bytes=2 * 10**9), PROCESSES)
+    line = input_line(readers(noise_dataset, decode_workers=PROCESSES, loaded_bytes=2 * 10**9))
     assert line == "input: 2 decode processes a worker, decoded pairs kept up to 2.0 GB a worker"
-    monkeypatch.setattr(shards, "shared_memory_room", lambda: 100_000)  # a /dev/shm all but full
+    monkeypatch.setattr(decode_processes, "shared_memory_room", lambda: 100_000)  # a /dev/shm all but full
     reader = readers(noise_dataset, decode_workers=PROCESSES)
     assert reader.processes is None and served(reader, 0) == from_scratch(reader, 0)
-    assert input_line(reader, PROCESSES).startswith("warning: input: one decode thread a worker, not 2 processes: "
+    assert input_line(reader).startswith("warning: input: one decode thread a worker, not 2 processes: "
                                                     "/dev/shm has no room")

@@ -105,8 +105,8 @@ def train_loop_per_worker(job: dict) -> None:
     restored = restore_latest(model, config.run_uri)
     resumed_from_epoch = model.epoch
     with contextlib.closing(training_pairs(config, model, rank, world_size)) as pairs:  # ends decode processes
-        if rank == 0 and config.decode_workers > 1:
-            print(input_line(pairs, config.decode_workers), flush=True)
+        if rank == 0 and pairs.decode_workers > 1:
+            print(input_line(pairs), flush=True)
         pairs_per_step = config.train.batch_size * world_size
         schedule = job_schedule(config, restored, pairs_per_step)
         samples = sample_pairs(config) if rank == 0 and config.val_shards else None
@@ -161,12 +161,12 @@ def training_pairs(config: JobConfig, model: Pix2Pix, rank: int, world_size: int
                          decode_workers=config.decode_workers, loaded_bytes=kept)
 
 
-def input_line(pairs: TrainingPairs, decode_workers: int) -> str:
+def input_line(pairs: TrainingPairs) -> str:
     """What a worker's input runs on, said once: a warning where the processes could not start."""
     kept = f"decoded pairs kept up to {pairs.loaded.limit_bytes / 1e9:.1f} GB a worker"
     if pairs.processes:
-        return f"input: {decode_workers} decode processes a worker, {kept}"
-    return (f"warning: input: one decode thread a worker, not {decode_workers} processes: {SHARED_MEMORY} has no "
+        return f"input: {pairs.decode_workers} decode processes a worker, {kept}"
+    return (f"warning: input: one decode thread a worker, not {pairs.decode_workers} processes: {SHARED_MEMORY} has no "
             "room for their shared memory (give the container more, e.g. docker run --shm-size); " + kept)
 
 

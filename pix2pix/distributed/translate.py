@@ -310,8 +310,7 @@ def build_pipeline(options: TranslateOptions, run: Run, shards: list[Shard], pro
     # the generator took tiles (Ray Data holds back an operator whose output waits), so an
     # 18,144-tile run knew its total at 0.74-0.79 of the run, with no ETA before; alone it has
     # the CPUs to itself for a few seconds. The units are small (~200 bytes a tile, estimated).
-    units = planning.materialize()
-    units.context.enable_progress_bars = options.verbose
+    units = planning.materialize()  # with a copy of planning's context, which the stages below inherit
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(

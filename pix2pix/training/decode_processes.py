@@ -53,6 +53,11 @@ def ring_bytes(batch_size: int, crop: int) -> int:
     return ring_slots(batch_size) * 2 * 3 * crop * crop
 
 
+def ring_fits(batch_size: int, crop: int) -> bool:
+    """Whether shared memory has room for the ring, twice over (others may be writing there)."""
+    return shared_memory_room() > 2 * ring_bytes(batch_size, crop)
+
+
 def shared_memory_room() -> int:
     """Free bytes where shared memory lives (0 when there is no such place): a container's default
     /dev/shm is 64 MB, and a write beyond it kills the process with SIGBUS, not an error."""
@@ -82,7 +87,7 @@ class DecodeProcesses:
         self._epoch_lock = threading.Lock()
         self._memory = SharedMemory(create=True, size=ring_bytes(batch_size, crop))
         self.ring = np.ndarray((ring_slots(batch_size), 2, 3, crop, crop), np.uint8, buffer=self._memory.buf)
-        self.ring.fill(0)  # every page now (the caller checked ``shared_memory_room``)
+        self.ring.fill(0)  # every page now (the caller checked ``ring_fits``)
         settings = json.dumps({"ring": self._memory.name, "shape": self.ring.shape, "image_size": image_size,
                                "seed": seed, "crop_size": crop_size, "flips": flips,
                                "kept_bytes": kept_bytes // processes})
@@ -173,6 +178,7 @@ class DecodeProcesses:
 
 
 def chunked(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` items, the last one shorter when the items run out."""
     chunk: list = []
     for item in items:
         chunk.append(item)

@@ -50,7 +50,7 @@ from pix2pix.training.augmentation import (
     read_only,
     stack_pairs,
 )
-from pix2pix.training.decode_processes import DecodeProcesses, Place, ring_bytes, shared_memory_room
+from pix2pix.training.decode_processes import DecodeProcesses, Place, chunked, ring_fits
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([
@@ -203,7 +203,7 @@ class TrainingPairs:
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
         self.loaded = LoadedPairs(loaded_bytes)
         self.processes = None
-        if decode_workers > 1 and shared_memory_room() > 2 * ring_bytes(batch_size, crop_size or image_size):
+        if decode_workers > 1 and ring_fits(batch_size, crop_size or image_size):
             self.processes = DecodeProcesses(decode_workers, image_size, seed, batch_size, crop_size, flips,
                                              loaded_bytes)
 
@@ -304,12 +304,7 @@ def ordered_map(function: Callable, items: Iterable, workers: int, ahead: int) -
 
 def in_batches(items: Iterable, size: int) -> Iterator[list]:
     """Lists of ``size`` items; a short last one is dropped (every worker takes whole batches)."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
+    return (chunk for chunk in chunked(items, size) if len(chunk) == size)
 
 
 def check_rows(table: pa.Table, shards: Shards, index: int) -> None:
