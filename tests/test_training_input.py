@@ -83,8 +83,12 @@ def epoch_batches(dataset: str, epoch: int, decode_workers: int, batch_size: int
     train, _ = shards.find_shards(dataset)
     with contextlib.closing(shards.TrainingPairs(dataset, train, SIZE, batch_size, seed=7,
                                                  decode_workers=decode_workers)) as reader:
-        batches = [torch.cat([batch["source"], batch["target"]]) for batch in reader.epoch(epoch)]
-    assert len(batches) == reader.batches == 18 // batch_size
+        epoch_batches = list(reader.epoch(epoch))
+    assert len(epoch_batches) == reader.batches == 18 // batch_size
+    for batch in epoch_batches:  # NCHW, channels_last in memory: the crops as made, the layout a GPU trains in
+        assert batch["source"].shape == (batch_size, 3, SIZE, SIZE)
+        assert batch["source"].is_contiguous(memory_format=torch.channels_last)
+    batches = [torch.cat([batch["source"], batch["target"]]) for batch in epoch_batches]
     return batches
 
 

@@ -47,19 +47,24 @@ def paired_transform(image_size: int, train: bool, seed: int | None = None,
     return _paired(steps, seed)
 
 
-def load_transform(image_size: int) -> A.Compose:
-    """The first step of ``paired_transform(train=True)`` alone: the resize to the load size, the
-    same for a pair in every epoch."""
-    return _paired([_resize(load_size_for(image_size), cv2.INTER_NEAREST)])
-
-
 def random_transform(image_size: int, crop_size: int | None = None, flips: str = "horizontal") -> A.Compose:
     """The rest of ``paired_transform(train=True)``: its random crop and flip, for a pair already at
-    the load size. Seeded as the whole (``seed_transform``), it draws the same numbers as the whole
-    does, so ``random_transform(load_transform(pair))`` equals ``paired_transform(pair)`` byte for
-    byte: each Compose draws one number for its own p, and albumentations (2.0) draws none for a
-    step of p=1 without random parameters, which the Resize is; the crop and flip come next in both."""
+    the load size (``resize_pair``). Seeded as the whole (``seed_transform``), it draws the same
+    numbers as the whole does, so it equals ``paired_transform`` byte for byte after the resize:
+    each Compose draws one number for its own p, and albumentations (2.0) draws none for a step of
+    p=1 without random parameters, which the Resize is; the crop and flip come next in both."""
     return _paired(_random_steps(image_size, crop_size, flips))
+
+
+def resize_pair(source: np.ndarray, target: np.ndarray, size: int, into: np.ndarray | None = None) -> np.ndarray:
+    """``paired_transform``'s resize for training, byte for byte (its ``A.Resize`` is this
+    ``cv2.resize``): (source, target) -> a (2, size, size, 3) uint8 pair, written into ``into``
+    when given (a kept pair's room: no copy to keep it)."""
+    pair = np.empty((2, size, size, 3), np.uint8) if into is None else into
+    for image, resized, interpolation in ((source, pair[0], cv2.INTER_CUBIC), (target, pair[1], cv2.INTER_NEAREST)):
+        if cv2.resize(image, (size, size), dst=resized, interpolation=interpolation) is not resized:
+            raise ValueError(f"cannot resize a {image.shape} {image.dtype} image into the pair")
+    return pair
 
 
 def _resize(size: int, target_interpolation: int) -> A.Resize:
@@ -103,27 +108,26 @@ class EpochAugmentation:
         self._local = threading.local()  # one transform per thread: seeding one is a change of its state
 
     def __call__(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
-        """A shard row -> (source, target), uint8 CHW."""
+        """A shard row -> (source, target), uint8 HWC."""
         transform = self._transform("whole", lambda: paired_transform(self.image_size, train=True,
                                                                       crop_size=self.crop_size, flips=self.flips))
         return self._augmented(transform, record["key"], *decode_pair(record))
 
-    def load(self, record: dict) -> tuple[np.ndarray, np.ndarray]:
-        """A shard row decoded and resized to the load size: (source, target), HxWx3 uint8, the same
-        in every epoch (``load_transform``)."""
-        return augment_pair(self._transform("load", lambda: load_transform(self.image_size)), *decode_pair(record))
+    def load(self, record: dict, into: np.ndarray | None = None) -> np.ndarray:
+        """A shard row decoded and resized to the load size: a (2, L, L, 3) uint8 pair, the same in
+        every epoch, written into ``into`` when given (``resize_pair``)."""
+        return resize_pair(*decode_pair(record), load_size_for(self.image_size), into)
 
-    def crop_and_flip(self, key: str, source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The random rest on a pair from ``load``, drawn as for ``key`` in this epoch: uint8 CHW, and
-        ``crop_and_flip(key, *load(record))`` equals ``self(record)`` byte for byte. Reads the pair's
-        arrays and never writes them (they may be shared)."""
+    def crop_and_flip(self, key: str, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The random rest on a pair from ``load``, drawn as for ``key`` in this epoch: uint8 HWC, and
+        ``crop_and_flip(key, load(record))`` equals ``self(record)`` byte for byte. Reads the pair
+        and never writes it (it may be shared)."""
         transform = self._transform("random", lambda: random_transform(self.image_size, self.crop_size, self.flips))
-        return self._augmented(transform, key, source, target)
+        return self._augmented(transform, key, pair[0], pair[1])
 
     def _augmented(self, transform: A.Compose, key: str, source: np.ndarray, target: np.ndarray):
         seed_transform(transform, pair_seed(self.seed, self.epoch, key))
-        source, target = augment_pair(transform, source, target)
-        return source.transpose(2, 0, 1), target.transpose(2, 0, 1)
+        return augment_pair(transform, source, target)
 
     def _transform(self, name: str, build: Callable[[], A.Compose]) -> A.Compose:
         if not hasattr(self._local, name):
@@ -131,16 +135,9 @@ class EpochAugmentation:
         return getattr(self._local, name)
 
 
-def read_only(array: np.ndarray) -> np.ndarray:
-    """A loaded image to keep: its own copy when it is a view (of a side-by-side image, say, which
-    it would keep whole), read-only."""
-    owned = array if array.flags.owndata and array.flags.c_contiguous else array.copy()
-    owned.flags.writeable = False
-    return owned
-
-
 def stack_pairs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """(source, target) CHW pairs -> {"source", "target"} uint8 NCHW arrays."""
+    """(source, target) pairs of images -> {"source", "target"} uint8 arrays of them: NHWC for
+    HWC images, NCHW for CHW ones."""
     return {"source": np.ascontiguousarray(np.stack([source for source, _ in pairs])),
             "target": np.ascontiguousarray(np.stack([target for _, target in pairs]))}
 

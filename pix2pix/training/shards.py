@@ -47,10 +47,9 @@ from pix2pix.training.augmentation import (
     EpochAugmentation,
     paired_transform,
     preprocess_records,
-    read_only,
     stack_pairs,
 )
-from pix2pix.training.decode_processes import DecodeProcesses, Place, chunked, ring_fits
+from pix2pix.training.decode_processes import DecodeProcesses, Place, chunked, ring_fits, uint8_array
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([
@@ -145,7 +144,9 @@ def epoch_slices(shards: Shards, seed: int, epoch: int, rank: int, rows: int) ->
 
 def read_shard(filesystem, path: str) -> pa.Table:
     """A whole shard, read with the storage module's retries."""
-    return pq.read_table(pa.BufferReader(storage.read_bytes(filesystem, path)))
+    # Not pq.read_table: its dataset layer imports pandas on first use (~0.4 s of a worker's first
+    # epoch) and took 4.4 ms a shard where this takes 2.9.
+    return pq.ParquetFile(pa.BufferReader(storage.read_bytes(filesystem, path))).read()
 
 
 class LoadedPairs:
@@ -155,7 +156,7 @@ class LoadedPairs:
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes, self.size_bytes = limit_bytes, 0
-        self._pairs: dict[Place, tuple[str, np.ndarray, np.ndarray]] = {}
+        self._pairs: dict[Place, tuple[str, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -168,24 +169,24 @@ class LoadedPairs:
         with self._lock:
             return iter(list(self._pairs))
 
-    def get(self, place: Place) -> tuple[str, np.ndarray, np.ndarray]:
-        """(key, source, target) of a kept pair."""
+    def get(self, place: Place) -> tuple[str, np.ndarray]:
+        """(key, pair) of a kept pair."""
         return self._pairs[place]  # no lock to read: a dict's lookups are atomic, and pairs are never dropped
 
-    def keep(self, place: Place, key: str, source: np.ndarray, target: np.ndarray) -> None:
-        """Keep a pair if it fits; the arrays are copied unless they are theirs alone (a resize to the
-        size a pair already has returns the decoded image, which may be a view of a larger one)."""
-        size = source.nbytes + target.nbytes
+    def keep(self, place: Place, key: str, pair: np.ndarray) -> None:
+        """Keep a pair (``EpochAugmentation.load``'s, its own memory) if it fits; it becomes read-only."""
         with self._lock:
-            if place in self._pairs or self.size_bytes + size > self.limit_bytes:
+            if place in self._pairs or self.size_bytes + pair.nbytes > self.limit_bytes:
                 return
-            self.size_bytes += size
-            self._pairs[place] = (key, read_only(source), read_only(target))
+            self.size_bytes += pair.nbytes
+            pair.flags.writeable = False
+            self._pairs[place] = (key, pair)
 
 
 class TrainingPairs:
-    """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors
-    (in pinned memory with ``pin_memory``, so that a copy to a GPU overlaps the work), decoded
+    """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors,
+    channels_last in memory (``channels_first``), in pinned memory with ``pin_memory`` (a copy to
+    a GPU then overlaps the work), decoded
     by ``decode_workers`` processes of its own (``DecodeProcesses``), or in a thread beside the
     training step with one (a CPU worker, whose torch threads take its CPUs) or where shared
     memory has no room; the batches are the same either way.
@@ -222,8 +223,14 @@ class TrainingPairs:
         return prefetched(lambda: make(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
 
     def _processes_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.processes.batches(epoch, self._rows(epoch, self.kept)):
-            yield self._tensors(batch)
+        def pinned(shape: tuple[int, ...]) -> np.ndarray:  # the batch made there, not copied there after
+            return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
+
+        # Otherwise numpy's memory, not torch.empty's: torch maps every batch's memory afresh (page
+        # faults, ~0.1 ms a pair on a 2-vCPU VM), where numpy's allocator reuses it.
+        allocate = pinned if self.pin_memory else uint8_array
+        for batch in self.processes.batches(epoch, self._rows(epoch, self.kept), allocate):
+            yield {name: channels_first(torch.from_numpy(images)) for name, images in batch.items()}
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment = EpochAugmentation(self.image_size, self.seed, epoch, self.crop_size, self.flips)
@@ -237,9 +244,9 @@ class TrainingPairs:
         """A row's pair: loaded (and kept) from its record, or the kept one when the record is None."""
         if record is None:
             return augment.crop_and_flip(*self.loaded.get(place))
-        source, target = augment.load(record)
-        self.loaded.keep(place, record["key"], source, target)
-        return augment.crop_and_flip(record["key"], source, target)
+        pair = augment.load(record)
+        self.loaded.keep(place, record["key"], pair)
+        return augment.crop_and_flip(record["key"], pair)
 
     def _rows(self, epoch: int, kept: Container[Place]) -> Iterator[tuple[Place, dict | None]]:
         """This worker's rows of ``epoch`` in reading order as (place, record), the record None for
@@ -280,7 +287,13 @@ class TrainingPairs:
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
-        return {name: t.pin_memory() for name, t in tensors.items()} if self.pin_memory else tensors
+        return {name: channels_first(t.pin_memory() if self.pin_memory else t) for name, t in tensors.items()}
+
+
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """NHWC images as the NCHW tensor the model takes, not moved: channels_last, which the model's
+    own layout on a GPU is (the device makes any other layout, where it costs nothing)."""
+    return images.permute(0, 3, 1, 2)
 
 
 def ordered_map(function: Callable, items: Iterable, workers: int, ahead: int) -> Iterator:
