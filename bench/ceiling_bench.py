@@ -13,7 +13,9 @@ written):
   plain loop below in 1 and in N processes (N = the CPUs);
 - CPU ms per tile outside the generator's forward: all processes of the job (driver, Ray's
   daemons and workers, from /proc) minus the forward's own cost (generator + class indices, as
-  measured alone at the job's micro-batch);
+  the N-process loop measured it), over the steady window (what a long run pays a tile), and
+  over the whole run less a rerun with every tile done (start-up, imports and listing taken
+  out; it moves with which helper processes Ray starts in either run);
 - when the last input shard was planned, as a share of the run.
 Targets (2 cores, idle): job >= 0.8x the N-process loop at the GPU batch, >= 0.6x at the CPU
 batch; <= 3 ms per tile outside the forward at the GPU batch; planning done in the first quarter.
@@ -180,7 +182,7 @@ def steady_window(samples: list[tuple[float, int, dict]], total: int) -> dict:
     tiles, seconds = high[1] - low[1], high[0] - low[0]
     if tiles == 0 or seconds <= 0:
         raise SystemExit(f"{total} tiles were written too fast to measure a steady rate: use more --copies")
-    roles = {role: 1000 * (high[2].get(role, 0.0) - low[2].get(role, 0.0)) / tiles for role in high[2]}
+    roles = {role: 1000 * (high[2].get(role, 0.0) - low[2].get(role, 0.0)) / tiles for role in high[2] | low[2]}
     return {"tiles_per_s": tiles / seconds, "cpu_ms_per_tile": sum(roles.values()), "roles": roles}
 
 
@@ -205,8 +207,12 @@ def _job(repo: Path, input_dir: Path, output_dir: Path, export: str, total: int,
     samples: list[tuple[float, int, dict]] = []
     seen: dict[int, tuple[str, float]] = {}
 
-    def sample(pid: int) -> None:
-        samples.append((time.monotonic(), count_files(output_dir), tree_cpu_seconds(pid, seen)))
+    def sample(pid: int) -> None:  # by role over every process seen: one that ended in the window counts too
+        tree_cpu_seconds(pid, seen)
+        by_role: dict[str, float] = {}
+        for role, seconds in seen.values():
+            by_role[role] = by_role.get(role, 0.0) + seconds
+        samples.append((time.monotonic(), count_files(output_dir), by_role))
 
     summary = run_sampled(command, sample, 0.5, f"translate {' '.join(flags)}", cwd=repo,
                           env={**os.environ, "PYTHONPATH": str(repo)})
@@ -280,11 +286,18 @@ def translation(work: Path, copies: int, repos: list[Path]) -> None:
               f"({job['tiles_per_s'] / many['tiles_per_s']:.2f}x the {cpus}-process loop; the job's own figure "
               f"{summary['steady_tiles_per_s']}); {summary['written']} written in {summary['seconds']} s, start-up "
               f"{summary['startup_s']} s, last shard planned at {planned} s ({planned_share} of the run)")
-        print(f"      CPU per tile (the run less a rerun with every tile done): {job['run_ms_per_tile']:.2f} ms, "
-              f"{job['run_ms_per_tile'] - many['forward_ms']:.2f} outside the forward; by role: " +
-              ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(job["run_roles"].items(), key=lambda item: -item[1])))
+        print(f"      CPU per tile in the steady window: {job['cpu_ms_per_tile']:.2f} ms, "
+              f"{job['cpu_ms_per_tile'] - many['forward_ms']:.2f} outside the forward; by role: "
+              + by_role(job["roles"]))
+        print(f"      CPU per tile over the run less a rerun with every tile done: {job['run_ms_per_tile']:.2f} ms, "
+              f"{job['run_ms_per_tile'] - many['forward_ms']:.2f} outside the forward; by role: "
+              + by_role(job["run_roles"]))
     print("  targets: >= 0.8x at the GPU batch, >= 0.6x at the CPU batch; <= 3 ms/tile outside the forward at "
           "the GPU batch; planning within the first 0.25 of the run")
+
+
+def by_role(roles: dict[str, float]) -> str:
+    return ", ".join(f"{role} {ms:.2f}" for role, ms in sorted(roles.items(), key=lambda item: -item[1]))
 
 
 def cpu_flags() -> str:
