@@ -118,6 +118,7 @@ def width1_export(directory: Path) -> str:
 
 # ---- measuring a process tree ----------------------------------------------------------------
 
+DAEMONS = "Ray daemons (raylet, GCS, dashboard)"
 ROLES = (("GeneratorStage", "generator actors"), ("ReadStage", "read actors"), ("WriteStage", "write actors"),
          ("ray::", "other Ray workers (planning, Ray Data's helpers)"))
 
@@ -143,20 +144,23 @@ def tree_cpu_seconds(root_pid: int, seen: dict | None = None) -> dict[str, float
     while pending:
         pid = pending.pop()
         pending += children.get(pid, [])
-        role = "driver" if pid == root_pid else _role(pid)
+        # A process's role from its first readable command line: an ending one has none left.
+        role = "driver" if pid == root_pid else _role(pid) or (seen or {}).get(pid, (DAEMONS,))[0]
         by_role[role] = by_role.get(role, 0.0) + times.get(pid, 0.0)
         if seen is not None and pid in times:
             seen[pid] = (role, times[pid])
     return by_role
 
 
-def _role(pid: int) -> str:
+def _role(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             command = handle.read().decode(errors="replace")
     except OSError:
-        return "Ray daemons"
-    return next((role for marker, role in ROLES if marker in command), "Ray daemons (raylet, GCS, dashboard)")
+        return None
+    if not command:  # a process ending, or not yet started
+        return None
+    return next((role for marker, role in ROLES if marker in command), DAEMONS)
 
 
 def count_files(folder: Path) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pix2pix.images import BadImage
 from pix2pix.training import decode_processes, shards
@@ -105,6 +106,27 @@ def test_decode_processes_reuse_their_ring_for_batches_across_chunks(tmp_path, r
     assert reader.batches * reader.batch_size > len(reader.processes.ring)
     for epoch in range(2):
         assert served(reader, epoch) == from_scratch(reader, epoch)
+
+
+def test_decode_processes_fill_the_memory_they_are_given(noise_dataset, readers):
+    """A GPU worker's batches are made in pinned memory, tensors the pinned allocator owns (it
+    then knows when a copy to the GPU still reads them): the processes fill the array
+    ``allocate`` gives and hand out what owns it."""
+    reader = readers(noise_dataset, decode_workers=PROCESSES)
+    made = []
+
+    def allocate(shape):
+        made.append(torch.empty(shape, dtype=torch.uint8))
+        return made[-1].numpy(), made[-1]
+
+    rows = [((0, row), record) for row, record in enumerate(reader.records(0))]
+    batches = list(reader.processes.batches(0, rows, allocate))
+    augment = EpochAugmentation(SIZE, SEED, 0)
+    expected = [stack_pairs(batch) for batch in in_batches((augment(record) for _, record in rows), 2)]
+    handed_out = [tensor for batch in batches for tensor in (batch["source"], batch["target"])]
+    assert len(handed_out) == len(made) and all(out is mine for out, mine in zip(handed_out, made))
+    assert all(torch.equal(batch[name], torch.from_numpy(wanted[name]))
+               for batch, wanted in zip(batches, expected, strict=True) for name in ("source", "target"))
 
 
 def test_decode_processes_share_the_memory_cap(noise_dataset, readers):

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,8 +69,10 @@ def shared_memory_room() -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def uint8_array(shape: tuple[int, ...]) -> np.ndarray:
-    return np.empty(shape, np.uint8)
+def uint8_array(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's memory for ``DecodeProcesses.batches``: a numpy array, filled and handed out."""
+    array = np.empty(shape, np.uint8)
+    return array, array
 
 
 class DecodeProcessError(RuntimeError):
@@ -119,10 +122,12 @@ class DecodeProcesses:
         return (place[0] * 1_000_003 + place[1]) % len(self._connections)
 
     def batches(self, epoch: int, rows: Iterable[tuple[Place, dict | None]],
-                allocate: Callable[[tuple[int, ...]], np.ndarray] = uint8_array) -> Iterator[dict[str, np.ndarray]]:
+                allocate: Callable[[tuple[int, ...]], tuple[np.ndarray, Any]] = uint8_array
+                ) -> Iterator[dict[str, Any]]:
         """The epoch's rows, (place, record; None for a kept place), as {"source", "target"} uint8
-        NHWC batches of ``batch_size``, in the rows' order, each array made by ``allocate(shape)``
-        (pinned memory, say: the crops' one copy out of the ring); a short last batch is dropped."""
+        NHWC batches of ``batch_size``, in the rows' order; a short last batch is dropped. Each is
+        made by ``allocate(shape)``: (a numpy array to fill, what to hand out: the array, or the
+        tensor in pinned memory that it views, which then takes the crops' one copy out of the ring)."""
         free = deque(range(len(self.ring) // CHUNK_PAIRS))  # chunks of the ring no batch needs any more
         flight: deque[tuple[int, int, list[int]]] = deque()  # (ring chunk, pairs, owners asked), in order
         waiting: list[int] = []  # ring slots of finished crops, in order, not yet in a batch
@@ -141,14 +146,15 @@ class DecodeProcesses:
                 unbatched[ring_chunk] = count
                 while len(waiting) >= self.batch_size:
                     slots, waiting = waiting[:self.batch_size], waiting[self.batch_size:]
-                    batch = {name: allocate((len(slots), *self.ring.shape[2:])) for name in ("source", "target")}
+                    (sources, source), (targets, target) = (allocate((len(slots), *self.ring.shape[2:]))
+                                                            for _ in range(2))
                     for index, slot in enumerate(slots):
-                        batch["source"][index], batch["target"][index] = self.ring[slot]
+                        sources[index], targets[index] = self.ring[slot]
                     for slot in slots:
                         unbatched[slot // CHUNK_PAIRS] -= 1
                         if unbatched[slot // CHUNK_PAIRS] == 0:
                             free.append(slot // CHUNK_PAIRS)
-                    yield batch
+                    yield {"source": source, "target": target}
         finally:  # answers still owed (an error, or a consumer that stopped) must not reach the next epoch
             try:
                 for _, _, owners in flight:

@@ -223,14 +223,13 @@ class TrainingPairs:
         return prefetched(lambda: make(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
 
     def _processes_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        def pinned(shape: tuple[int, ...]) -> np.ndarray:  # the batch made there, not copied there after
-            return torch.empty(shape, dtype=torch.uint8, pin_memory=True).numpy()
-
-        # Otherwise numpy's memory, not torch.empty's: torch maps every batch's memory afresh (page
-        # faults, ~0.1 ms a pair on a 2-vCPU VM), where numpy's allocator reuses it.
-        allocate = pinned if self.pin_memory else uint8_array
+        # Pinned: the batch is made there, not copied there after; it stays the pinned allocator's
+        # tensor, which records a copy to the GPU in flight before the memory is reused. Otherwise
+        # numpy's memory, not torch.empty's: torch maps every batch's memory afresh (page faults,
+        # ~0.1 ms a pair on a 2-vCPU VM), where numpy's allocator reuses it.
+        allocate = pinned_uint8 if self.pin_memory else uint8_array
         for batch in self.processes.batches(epoch, self._rows(epoch, self.kept), allocate):
-            yield {name: channels_first(torch.from_numpy(images)) for name, images in batch.items()}
+            yield {name: channels_first(torch.as_tensor(images)) for name, images in batch.items()}
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         augment = EpochAugmentation(self.image_size, self.seed, epoch, self.crop_size, self.flips)
@@ -288,6 +287,12 @@ class TrainingPairs:
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
         return {name: channels_first(t.pin_memory() if self.pin_memory else t) for name, t in tensors.items()}
+
+
+def pinned_uint8(shape: tuple[int, ...]) -> tuple[np.ndarray, torch.Tensor]:
+    """A batch's memory in pinned memory for ``DecodeProcesses.batches``: (its numpy view, the tensor)."""
+    tensor = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+    return tensor.numpy(), tensor
 
 
 def channels_first(images: torch.Tensor) -> torch.Tensor:
