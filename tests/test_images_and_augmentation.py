@@ -46,6 +46,12 @@ def test_truncated_jpeg_is_bad(rgb):
         decode_image(jpeg[: len(jpeg) // 2])
 
 
+def test_truncated_png_is_bad(rgb):
+    png = encode(np.tile(rgb, (8, 8, 1)))
+    with pytest.raises(BadImage):
+        decode_image(png[: len(png) // 2])
+
+
 def test_image_bomb_rejected_from_header_before_decoding():
     bomb = encode(np.zeros((4000, 4000), dtype=np.uint8))  # compresses to a few kB
     with pytest.raises(BadImage, match="4000x4000 exceeds"):
