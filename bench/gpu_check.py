@@ -55,11 +55,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def pairs(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 NCHW batches, as the reader delivers them (pinned on a GPU host)."""
-    source = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    target = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    """uint8 NCHW batches as the reader delivers them: channels_last in memory (NHWC crops), made
+    in pinned memory on a GPU host (``shards.channels_first``, ``shards.pinned_uint8``)."""
+    images = [torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8) for _ in range(2)]
     if device.type == "cuda":
-        source, target = source.pin_memory(), target.pin_memory()
+        images = [image.pin_memory() for image in images]
+    source, target = (image.permute(0, 3, 1, 2) for image in images)
     return source, target
 
 
