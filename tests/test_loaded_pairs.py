@@ -20,7 +20,8 @@ from pix2pix.images import BadImage
 from pix2pix.training import decode_processes, shards
 from pix2pix.training.augmentation import EpochAugmentation, load_size_for, stack_pairs
 from pix2pix.training.decode_processes import DecodeProcessError
-from pix2pix.training.shards import SHARD_SCHEMA, LoadedPairs, in_batches
+from pix2pix.training.kept_pairs import KeptPairs
+from pix2pix.training.shards import SHARD_SCHEMA, in_batches
 from tests.test_training_input import SIZE, record
 
 SEED = 7
@@ -160,24 +161,39 @@ def test_a_shard_read_for_pairs_not_kept_is_still_checked(noise_dataset, readers
         served(reader, 1)
 
 
-def test_pairs_kept_from_many_threads_at_once_stay_within_the_cap():
-    pair = np.zeros((2, 4, 4, 3), np.uint8)
-    loaded = LoadedPairs(limit_bytes=50 * pair.nbytes)
+def test_pairs_kept_from_many_threads_at_once_stay_within_the_cap_and_lose_no_room():
+    """Eight threads keep pairs at once, the first ten of each failing to be made: their rooms go
+    back (else those 80 would take the 50 there are), and each kept pair is its own."""
+    kept = KeptPairs((2, 4, 4, 3), limit_bytes=50 * 2 * 4 * 4 * 3)
     barrier = threading.Barrier(8)
+
+    def value(place) -> int:
+        return (place[0] * 100 + place[1]) % 251
+
+    def maker(place):
+        def make(room):
+            if place[1] < 10:
+                raise BadImage("cannot decode image")
+            pair = np.empty((2, 4, 4, 3), np.uint8) if room is None else room
+            pair[...] = value(place)
+            return pair
+        return make
 
     def keep_all(thread: int) -> None:
         barrier.wait()
         for row in range(100):
-            loaded.keep((row % 3, row), f"{row}", pair.copy())
+            with contextlib.suppress(BadImage):
+                kept.keep_made((thread, row), f"{thread}/{row}", maker((thread, row)))
 
     threads = [threading.Thread(target=keep_all, args=(thread,)) for thread in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(loaded) == 50 and loaded.size_bytes == 50 * pair.nbytes
-    key, kept = loaded.get(next(iter(loaded)))
-    assert not kept.flags.writeable
+    assert len(kept) == 50 and kept.size_bytes == 50 * kept.pair_bytes
+    for place in kept:
+        key, pair = kept.get(place)
+        assert key == f"{place[0]}/{place[1]}" and (pair == value(place)).all() and not pair.flags.writeable
 
 
 @pytest.mark.parametrize("workers", [THREAD, PROCESSES])

@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 
 from pix2pix.training.augmentation import EpochAugmentation, load_size_for
+from pix2pix.training.kept_pairs import KeptPairs, Place
 
-Place = tuple[int, int]  # (shard file index, row index): a train pair's place in the split
 CHUNK_PAIRS = 8  # consecutive pairs of an epoch handed out together, split among their owners
 CHUNKS_AHEAD = 6  # chunks in the processes' hands while the parent makes batches
 SHARED_MEMORY = Path("/dev/shm")  # where the ring lives (Linux); elsewhere the pairs decode in a thread
@@ -224,36 +224,6 @@ def shut_down(connections: list[Connection], processes: list[subprocess.Popen], 
     memory.unlink()
 
 
-class KeptPairs:
-    """A decode process's kept pairs at the load size, in blocks of memory mapped whole: paging
-    a kept pair in page by page cost ~0.35 ms of the ~1.9 ms it takes to make (2-vCPU VM),
-    mapping ``BLOCK_PAIRS`` at once ~0.15. A pair is resized straight into its room (``room``,
-    then ``keep``): copying it there cost ~0.1 ms more."""
-
-    BLOCK_PAIRS = 64
-
-    def __init__(self, pair_shape: tuple[int, ...], limit_bytes: int):
-        self.pair_shape, self.capacity = pair_shape, limit_bytes // int(np.prod(pair_shape))
-        self.pairs: dict[Place, tuple[str, np.ndarray]] = {}
-        self._blocks: list[np.ndarray] = []
-
-    def room(self) -> np.ndarray | None:
-        """Where the next pair kept goes, or None when the limit leaves no room for one."""
-        if len(self.pairs) == self.capacity:
-            return None
-        if len(self.pairs) == len(self._blocks) * self.BLOCK_PAIRS:
-            pairs = min(self.BLOCK_PAIRS, self.capacity - len(self.pairs))
-            memory = mmap.mmap(-1, pairs * int(np.prod(self.pair_shape)),
-                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
-            self._blocks.append(np.frombuffer(memory, np.uint8).reshape(pairs, *self.pair_shape))
-        block, index = divmod(len(self.pairs), self.BLOCK_PAIRS)
-        return self._blocks[block][index]
-
-    def keep(self, place: Place, key: str) -> None:
-        """Keep the pair just written into ``room()``."""
-        self.pairs[place] = key, self._blocks[-1][len(self.pairs) % self.BLOCK_PAIRS]
-
-
 def serve(connection: Connection, ring: np.ndarray, image_size: int, seed: int, crop_size: int | None, flips: str,
           kept_bytes: int) -> None:
     """A decode process: (epoch, [(place, record or None, ring slot)]) in, (places newly kept,
@@ -269,12 +239,11 @@ def serve(connection: Connection, ring: np.ndarray, image_size: int, seed: int, 
         try:
             for place, record, slot in items:
                 if record is None:
-                    key, pair = kept.pairs[place]
+                    key, pair = kept.get(place)
                 else:
-                    key, room = record["key"], kept.room()
-                    pair = augment.load(record, into=room)
-                    if room is not None:
-                        kept.keep(place, key)
+                    key = record["key"]
+                    pair, is_kept = kept.keep_made(place, key, lambda room: augment.load(record, into=room))
+                    if is_kept:
                         newly.append(place)
                 ring[slot, 0], ring[slot, 1] = augment.crop_and_flip(key, pair)
         except Exception as failure:  # noqa: BLE001 - raised in the parent, as a thread's would be

@@ -45,11 +45,13 @@ from pix2pix.errors import JobError
 from pix2pix.hashing import stable_hash
 from pix2pix.training.augmentation import (
     EpochAugmentation,
+    load_size_for,
     paired_transform,
     preprocess_records,
     stack_pairs,
 )
-from pix2pix.training.decode_processes import DecodeProcesses, Place, chunked, ring_fits, uint8_array
+from pix2pix.training.decode_processes import DecodeProcesses, chunked, ring_fits, uint8_array
+from pix2pix.training.kept_pairs import KeptPairs, Place
 
 # The shard schema: written by the prepare job, read by training and evaluation.
 SHARD_SCHEMA = pa.schema([
@@ -62,7 +64,7 @@ SHARD_SCHEMA = pa.schema([
 ])
 DATASET_INFO_FILE = "_dataset.json"  # beside the splits: layout, direction, pair counts, input
 PREFETCH_PAIRS = 64  # decoded pairs a worker keeps ready: 25 MB at 256 px
-# A worker's decoded pairs kept across epochs (``LoadedPairs``): a pair at the load size of 256 px
+# A worker's decoded pairs kept across epochs (``KeptPairs``): a pair at the load size of 256 px
 # training, 286 x 286 x 3 bytes x 2 images, is 0.49 MB, so Recife's 1,500 train pairs take ~0.74 GB;
 # 2 GB hold ~4,000 such pairs. Pairs beyond it are decoded in every epoch.
 LOADED_PAIRS_BYTES = 2_000_000_000
@@ -149,40 +151,6 @@ def read_shard(filesystem, path: str) -> pa.Table:
     return pq.ParquetFile(pa.BufferReader(storage.read_bytes(filesystem, path))).read()
 
 
-class LoadedPairs:
-    """Pairs decoded and resized to the load size (``EpochAugmentation.load``), kept across epochs
-    by place while their bytes stay within ``limit_bytes``; a pair that would pass it is not kept.
-    A kept pair is never dropped, and its arrays are read-only. Safe for several threads at once."""
-
-    def __init__(self, limit_bytes: int):
-        self.limit_bytes, self.size_bytes = limit_bytes, 0
-        self._pairs: dict[Place, tuple[str, np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._pairs)
-
-    def __contains__(self, place: Place) -> bool:
-        return place in self._pairs
-
-    def __iter__(self) -> Iterator[Place]:
-        with self._lock:
-            return iter(list(self._pairs))
-
-    def get(self, place: Place) -> tuple[str, np.ndarray]:
-        """(key, pair) of a kept pair."""
-        return self._pairs[place]  # no lock to read: a dict's lookups are atomic, and pairs are never dropped
-
-    def keep(self, place: Place, key: str, pair: np.ndarray) -> None:
-        """Keep a pair (``EpochAugmentation.load``'s, its own memory) if it fits; it becomes read-only."""
-        with self._lock:
-            if place in self._pairs or self.size_bytes + pair.nbytes > self.limit_bytes:
-                return
-            self.size_bytes += pair.nbytes
-            pair.flags.writeable = False
-            self._pairs[place] = (key, pair)
-
-
 class TrainingPairs:
     """A worker's training batches, epoch by epoch: uint8 NCHW ``source`` and ``target`` tensors,
     channels_last in memory (``channels_first``), in pinned memory with ``pin_memory`` (a copy to
@@ -202,14 +170,15 @@ class TrainingPairs:
         self.crop_size, self.flips = crop_size, flips
         self.rank, self.pin_memory, self.decode_workers = rank, pin_memory, decode_workers
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
-        self.loaded = LoadedPairs(loaded_bytes)
+        load = load_size_for(image_size)
+        self.loaded = KeptPairs((2, load, load, 3), loaded_bytes)
         self.processes = None
         if decode_workers > 1 and ring_fits(batch_size, crop_size or image_size):
             self.processes = DecodeProcesses(decode_workers, image_size, seed, batch_size, crop_size, flips,
                                              loaded_bytes)
 
     @property
-    def kept(self) -> Container[Place] | LoadedPairs:
+    def kept(self) -> Container[Place]:
         """The places of the pairs kept (``len`` says how many)."""
         return self.processes.kept if self.processes else self.loaded
 
@@ -243,8 +212,7 @@ class TrainingPairs:
         """A row's pair: loaded (and kept) from its record, or the kept one when the record is None."""
         if record is None:
             return augment.crop_and_flip(*self.loaded.get(place))
-        pair = augment.load(record)
-        self.loaded.keep(place, record["key"], pair)
+        pair, _ = self.loaded.keep_made(place, record["key"], lambda room: augment.load(record, into=room))
         return augment.crop_and_flip(record["key"], pair)
 
     def _rows(self, epoch: int, kept: Container[Place]) -> Iterator[tuple[Place, dict | None]]:
