@@ -51,8 +51,8 @@ class KeptPairs:
         """(key, pair) of a kept pair."""
         return self._pairs[place]  # no lock to read: a dict's lookups are atomic, and pairs are never dropped
 
-    def keep_made(self, place: Place, key: str, make: Callable[[np.ndarray | None], np.ndarray]) -> tuple[np.ndarray,
-                                                                                                          bool]:
+    def keep_made(self, place: Place, key: str,
+                  make: Callable[[np.ndarray | None], np.ndarray]) -> tuple[np.ndarray, bool]:
         """``make(room)``'s pair, made into a room of its own and kept when the limit leaves one
         (``make(None)`` makes it elsewhere): (the pair, whether it is kept)."""
         room = self._room()
@@ -78,8 +78,12 @@ class KeptPairs:
                 return None
             block, index = divmod(self._rooms_made, self.BLOCK_PAIRS)
             if block == len(self._blocks):
-                pairs = min(self.BLOCK_PAIRS, self.capacity - self._rooms_made)
-                memory = mmap.mmap(-1, pairs * self.pair_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | POPULATE)
-                self._blocks.append(np.frombuffer(memory, np.uint8).reshape(pairs, *self.pair_shape))
+                self._blocks.append(self._block(min(self.BLOCK_PAIRS, self.capacity - self._rooms_made)))
             self._rooms_made += 1
             return self._blocks[block][index]
+
+    def _block(self, pairs: int) -> np.ndarray:
+        if not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: its mmap takes no flags
+            return np.empty((pairs, *self.pair_shape), np.uint8)
+        memory = mmap.mmap(-1, pairs * self.pair_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | POPULATE)
+        return np.frombuffer(memory, np.uint8).reshape(pairs, *self.pair_shape)
