@@ -306,11 +306,15 @@ def build_pipeline(options: TranslateOptions, run: Run, shards: list[Shard], pro
     # The dataset's own copy of the DataContext: settings for this run only. Ray Data's own
     # progress bars and resource lines only with --verbose: ours is one line.
     planning.context.enable_progress_bars = options.verbose
+    # Alone, planning may take every CPU: with Ray Data's per-operator reservation its tasks ran
+    # one at a time (620 of them, 16.6 s of an 18,144-tile run before its first tile).
+    planning.context.op_resource_reservation_enabled = False
     # Every shard planned before the first tile is read: streamed, planning ran only as fast as
     # the generator took tiles (Ray Data holds back an operator whose output waits), so an
     # 18,144-tile run knew its total at 0.74-0.79 of the run, with no ETA before; alone it has
     # the CPUs to itself for a few seconds. The units are small (~200 bytes a tile, estimated).
     units = planning.materialize()  # with a copy of planning's context, which the stages below inherit
+    units.context.op_resource_reservation_enabled = True  # the stages share the CPUs: Ray Data's default
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(
