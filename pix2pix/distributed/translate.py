@@ -249,8 +249,7 @@ class Pipeline:
     resources: TranslateResources
     precision: str
     units_per_call: int
-    counts: defaultdict  # tallied as the statuses arrive; the planning tasks report "planned"
-    progress: TranslateProgress
+    progress: TranslateProgress  # its counts: tallied as the statuses arrive; the planning tasks report "planned"
 
 
 @dataclass
@@ -308,13 +307,14 @@ def build_pipeline(options: TranslateOptions, run: Run, shards: list[Shard], pro
     planning.context.enable_progress_bars = options.verbose
     # Alone, planning may take every CPU: with Ray Data's per-operator reservation its tasks ran
     # one at a time (620 of them, 16.6 s of an 18,144-tile run before its first tile).
+    reservation = planning.context.op_resource_reservation_enabled
     planning.context.op_resource_reservation_enabled = False
     # Every shard planned before the first tile is read: streamed, planning ran only as fast as
     # the generator took tiles (Ray Data holds back an operator whose output waits), so an
     # 18,144-tile run knew its total at 0.74-0.79 of the run, with no ETA before; alone it has
     # the CPUs to itself for a few seconds. The units are small (~200 bytes a tile, estimated).
     units = planning.materialize()  # with a copy of planning's context, which the stages below inherit
-    units.context.op_resource_reservation_enabled = True  # the stages share the CPUs: Ray Data's default
+    units.context.op_resource_reservation_enabled = reservation  # the stages share the CPUs
     # Bound what may wait between stages (Ray Data's default budget is a share of the whole
     # object store): memory then stays flat however many tiles a run has.
     units.context.execution_options.resource_limits = ExecutionResources(
@@ -343,12 +343,12 @@ def build_pipeline(options: TranslateOptions, run: Run, shards: list[Shard], pro
                          "output": run.output, "image_format": options.image_format, "image_size": run.image_size,
                          "palette": run.palette})
     )
-    return Pipeline(statuses, resources, precision, units_per_call, progress.counts, progress)
+    return Pipeline(statuses, resources, precision, units_per_call, progress)
 
 
 def run_pipeline(pipeline: Pipeline, run: Run, samples: PreviewSamples) -> Outcome:
     """Stream the statuses through: counts, the failure records, the preview's samples."""
-    counts, first = pipeline.counts, None
+    counts, first = pipeline.progress.counts, None
     with FailureLog(run.output) as failures:
         for batch in pipeline.statuses.iter_batches(batch_size=None, batch_format="pyarrow"):
             _tally(batch, counts, failures, samples)
