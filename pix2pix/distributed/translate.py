@@ -70,10 +70,10 @@ IO_CPUS = 0.5  # per read or write actor: they wait on storage much of the time
 # GPU, each pool gets the share of the spare CPUs its work takes per tile.
 READ_MS = {"tiles": 0.8, "rasters": 12.2}
 WRITE_MS = 1.2
-# Per planning task: listing, mostly waiting on storage. (Planning runs before the pipeline, see
-# build_pipeline: fused into the read actors, or streamed beside them, a shard was planned only
-# when a read actor came to it, and the run's total was known near its end.)
-PLAN_CPUS = 0.25
+# Per planning task: listing. Planning runs alone, before the pipeline (see build_pipeline), a
+# task per CPU on the workers Ray has started: at a quarter of a CPU each, Ray started a new worker
+# for each task beyond the CPUs, which cost a 3,024-tile run 2.7 s more before its first tile.
+PLAN_CPUS = 1.0
 # Tiles per block between the stages, whatever the generator's call: each block costs every
 # stage a task, a round trip through the object store and the driver's bookkeeping (~100 ms of
 # CPU over all processes, measured at 8 tiles a block), which at 8 tiles a block was most of the
