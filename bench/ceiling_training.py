@@ -81,6 +81,8 @@ def stream(data: str, decode_workers: int, batch_size: int = 1) -> tuple[dict, d
     the reader took to start (its decode processes)."""
     started = time.perf_counter()
     pairs = reader(data, decode_workers, batch_size)
+    if pairs.processes:  # their start (and the memory of the pairs they keep) overlaps a worker's model build
+        pairs.processes.wait_started()
     start_s = time.perf_counter() - started
     try:
         return stream_epoch(pairs, 0) | {"start_s": start_s}, stream_epoch(pairs, 1)

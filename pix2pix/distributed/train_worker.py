@@ -101,10 +101,12 @@ def train_loop_per_worker(job: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     if rank == 0:
         remove_unsent_checkpoints(config)
-    model = build_model(config, rank)
-    restored = restore_latest(model, config.run_uri)
-    resumed_from_epoch = model.epoch
-    with contextlib.closing(training_pairs(config, model, rank, world_size)) as pairs:  # ends decode processes
+    # The input first: its decode processes start (and map the memory of the pairs they keep)
+    # while the model is built and restored.
+    with contextlib.closing(training_pairs(config, rank, world_size)) as pairs:  # ends decode processes
+        model = build_model(config, rank)
+        restored = restore_latest(model, config.run_uri)
+        resumed_from_epoch = model.epoch
         if rank == 0 and pairs.decode_workers > 1:
             print(input_line(pairs), flush=True)
         pairs_per_step = config.train.batch_size * world_size
@@ -153,10 +155,10 @@ def train_loop_per_worker(job: dict) -> None:
                 ray.train.report(metrics)
 
 
-def training_pairs(config: JobConfig, model: Pix2Pix, rank: int, world_size: int) -> TrainingPairs:
+def training_pairs(config: JobConfig, rank: int, world_size: int) -> TrainingPairs:
     kept = kept_pairs_bytes(ray.train.get_context().get_local_world_size(), node_memory())
     return TrainingPairs(config.data_uri, config.train_shards, config.train.image_size, config.train.batch_size,
-                         config.train.seed, rank, world_size, pin_memory=model.device.type == "cuda",
+                         config.train.seed, rank, world_size, pin_memory=ray.train.torch.get_device().type == "cuda",
                          crop_size=config.train.crop_size, flips=config.train.flips,
                          decode_workers=config.decode_workers, loaded_bytes=kept)
 

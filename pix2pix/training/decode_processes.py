@@ -87,7 +87,7 @@ class DecodeProcesses:
     import the parent's main module again, which in a Ray worker is Ray's worker script."""
 
     def __init__(self, processes: int, image_size: int, seed: int, batch_size: int, crop_size: int | None = None,
-                 flips: str = "horizontal", kept_bytes: int = 0):
+                 flips: str = "horizontal", kept_bytes: int = 0, epoch_pairs: int = 0):
         crop = crop_size or image_size
         self.batch_size, self.kept = batch_size, set()
         # One epoch at a time: one that stopped early drains its answers in its own thread first.
@@ -99,7 +99,8 @@ class DecodeProcesses:
         self.ring.fill(0)  # every page now (the caller checked ``ring_fits``)
         settings = json.dumps({"ring": self._memory.name, "shape": self.ring.shape, "image_size": image_size,
                                "seed": seed, "crop_size": crop_size, "flips": flips,
-                               "kept_bytes": kept_bytes // processes})
+                               "kept_bytes": kept_bytes // processes,
+                               "reserve_pairs": math.ceil(epoch_pairs / processes)})
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(PROJECT),
                                                                                 os.environ.get("PYTHONPATH"))))}
         self._connections, self._processes = [], []
@@ -111,9 +112,17 @@ class DecodeProcesses:
                 env=environment, stdin=subprocess.DEVNULL))
             theirs.close()
             self._connections.append(Connection(ours.detach()))
-        for owner in range(processes):
-            if self._answer(owner) != READY:
-                raise DecodeProcessError("a decode process did not start")
+        self._started = False
+
+    def wait_started(self) -> None:
+        """Wait for the processes' start (the first epoch does): they start while their owner does
+        other work (a training worker builds its model), mapping the memory of the pairs they will
+        keep in the first epoch."""
+        if not self._started:
+            for owner in range(len(self._connections)):
+                if self._answer(owner) != READY:
+                    raise DecodeProcessError("a decode process did not start")
+            self._started = True
 
     def close(self) -> None:
         self._finalizer()
@@ -135,6 +144,7 @@ class DecodeProcesses:
         chunks = chunked(rows, CHUNK_PAIRS)
         self._epoch_lock.acquire()
         try:
+            self.wait_started()
             while True:
                 while free and len(flight) < CHUNKS_AHEAD and (chunk := next(chunks, None)):
                     flight.append(self._send(epoch, free.popleft(), chunk))
@@ -225,11 +235,13 @@ def shut_down(connections: list[Connection], processes: list[subprocess.Popen], 
 
 
 def serve(connection: Connection, ring: np.ndarray, image_size: int, seed: int, crop_size: int | None, flips: str,
-          kept_bytes: int) -> None:
+          kept_bytes: int, reserve_pairs: int) -> None:
     """A decode process: (epoch, [(place, record or None, ring slot)]) in, (places newly kept,
-    error or None) out, until None or the parent's end."""
+    error or None) out, until None or the parent's end. Its share of an epoch's pairs gets its
+    rooms before it says it is ready."""
     load = load_size_for(image_size)
     kept, augment = KeptPairs((2, load, load, 3), kept_bytes), None
+    kept.reserve(reserve_pairs)
     connection.send(READY)
     while (task := receive(connection)) is not None:
         epoch, items = task
@@ -276,5 +288,5 @@ def main() -> None:
         memory = mmap.mmap(file.fileno(), int(np.prod(shape)))
     ring = np.ndarray(shape, np.uint8, buffer=memory)
     serve(Connection(descriptor), ring, settings["image_size"], settings["seed"], settings["crop_size"],
-          settings["flips"], settings["kept_bytes"])
+          settings["flips"], settings["kept_bytes"], settings["reserve_pairs"])
     os._exit(0)

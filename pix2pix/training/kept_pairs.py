@@ -51,6 +51,13 @@ class KeptPairs:
         """(key, pair) of a kept pair."""
         return self._pairs[place]  # no lock to read: a dict's lookups are atomic, and pairs are never dropped
 
+    def reserve(self, pairs: int) -> None:
+        """Map the rooms of the next ``pairs`` pairs now (within the limit): a process that knows
+        how many pairs an epoch brings it faults their memory in before the epoch, not during it
+        (~0.16 ms a pair on a 2-vCPU VM, ~13% of making one)."""
+        with self._lock:
+            self._map_blocks(min(self.capacity, self._rooms_made + pairs))
+
     def keep_made(self, place: Place, key: str,
                   make: Callable[[np.ndarray | None], np.ndarray]) -> tuple[np.ndarray, bool]:
         """``make(room)``'s pair, made into a room of its own and kept when the limit leaves one
@@ -76,11 +83,15 @@ class KeptPairs:
                 return self._rooms_returned.pop()
             if self._rooms_made == self.capacity:
                 return None
+            self._map_blocks(self._rooms_made + 1)
             block, index = divmod(self._rooms_made, self.BLOCK_PAIRS)
-            if block == len(self._blocks):
-                self._blocks.append(self._block(min(self.BLOCK_PAIRS, self.capacity - self._rooms_made)))
             self._rooms_made += 1
             return self._blocks[block][index]
+
+    def _map_blocks(self, rooms: int) -> None:
+        """Blocks mapped until they hold ``rooms`` rooms (at most the capacity); the lock is held."""
+        while (mapped := len(self._blocks) * self.BLOCK_PAIRS) < rooms:
+            self._blocks.append(self._block(min(self.BLOCK_PAIRS, self.capacity - mapped)))
 
     def _block(self, pairs: int) -> np.ndarray:
         if not hasattr(mmap, "MAP_ANONYMOUS"):  # Windows: its mmap takes no flags

@@ -175,7 +175,7 @@ class TrainingPairs:
         self.processes = None
         if decode_workers > 1 and ring_fits(batch_size, crop_size or image_size):
             self.processes = DecodeProcesses(decode_workers, image_size, seed, batch_size, crop_size, flips,
-                                             loaded_bytes)
+                                             loaded_bytes, epoch_pairs=self.batches * batch_size)
 
     @property
     def kept(self) -> Container[Place]:
