@@ -48,7 +48,6 @@ from pix2pix.training.augmentation import (
     load_size_for,
     paired_transform,
     preprocess_records,
-    stack_pairs,
 )
 from pix2pix.training.decode_processes import DecodeProcesses, chunked, ring_fits, uint8_array
 from pix2pix.training.kept_pairs import KeptPairs, Place
@@ -172,6 +171,11 @@ class TrainingPairs:
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
         load = load_size_for(image_size)
         self.loaded = KeptPairs((2, load, load, 3), loaded_bytes)
+        # Pinned: a batch is made there, not copied there after; it stays the pinned allocator's
+        # tensor, which records a copy to the GPU in flight before the memory is reused. Otherwise
+        # numpy's memory, not torch.empty's: torch maps every batch's memory afresh (page faults,
+        # ~0.1 ms a pair on a 2-vCPU VM), where numpy's allocator reuses it.
+        self._allocate = pinned_uint8 if pin_memory else uint8_array
         self.processes = None
         if decode_workers > 1 and ring_fits(batch_size, crop_size or image_size):
             self.processes = DecodeProcesses(decode_workers, image_size, seed, batch_size, crop_size, flips,
@@ -192,12 +196,7 @@ class TrainingPairs:
         return prefetched(lambda: make(epoch), max(2, PREFETCH_PAIRS // self.batch_size))
 
     def _processes_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        # Pinned: the batch is made there, not copied there after; it stays the pinned allocator's
-        # tensor, which records a copy to the GPU in flight before the memory is reused. Otherwise
-        # numpy's memory, not torch.empty's: torch maps every batch's memory afresh (page faults,
-        # ~0.1 ms a pair on a 2-vCPU VM), where numpy's allocator reuses it.
-        allocate = pinned_uint8 if self.pin_memory else uint8_array
-        for batch in self.processes.batches(epoch, self._rows(epoch, self.kept), allocate):
+        for batch in self.processes.batches(epoch, self._rows(epoch, self.kept), self._allocate):
             yield {name: channels_first(torch.as_tensor(images)) for name, images in batch.items()}
 
     def _decode_epoch(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -206,7 +205,14 @@ class TrainingPairs:
         pairs = ordered_map(lambda row: self._augmented(augment, *row), self._rows(epoch, self.kept),
                             self.decode_workers, ahead)
         for batch in in_batches(pairs, self.batch_size):
-            yield self._tensors(stack_pairs(batch))
+            yield {name: channels_first(torch.as_tensor(self._stacked([pair[side] for pair in batch])))
+                   for side, name in enumerate(("source", "target"))}
+
+    def _stacked(self, images: list[np.ndarray]):
+        """One side's images stacked straight into the batch's memory (pinned on a GPU host: one copy)."""
+        array, handed_out = self._allocate((len(images), *images[0].shape))
+        np.stack(images, out=array)
+        return handed_out
 
     def _augmented(self, augment: EpochAugmentation, place: Place, record: dict | None):
         """A row's pair: loaded (and kept) from its record, or the kept one when the record is None."""
@@ -256,13 +262,10 @@ class TrainingPairs:
                 del table, shard_records  # let the shard go while its rows decode
                 yield records
 
-    def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        tensors = {name: torch.from_numpy(batch[name]) for name in ("source", "target")}
-        return {name: channels_first(t.pin_memory() if self.pin_memory else t) for name, t in tensors.items()}
 
 
 def pinned_uint8(shape: tuple[int, ...]) -> tuple[np.ndarray, torch.Tensor]:
-    """A batch's memory in pinned memory for ``DecodeProcesses.batches``: (its numpy view, the tensor)."""
+    """A batch's memory in pinned memory (``DecodeProcesses.batches``, ``_stacked``): (its numpy view, the tensor)."""
     tensor = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
     return tensor.numpy(), tensor
 
