@@ -167,7 +167,7 @@ class TrainingPairs:
         self.filesystem = storage.resolve(data_uri).filesystem
         self.shards, self.image_size, self.batch_size, self.seed = shards, image_size, batch_size, seed
         self.crop_size, self.flips = crop_size, flips
-        self.rank, self.pin_memory, self.decode_workers = rank, pin_memory, decode_workers
+        self.rank, self.decode_workers = rank, decode_workers
         self.batches = batches_per_epoch(shards.total_rows, world_size, batch_size)
         load = load_size_for(image_size)
         self.loaded = KeptPairs((2, load, load, 3), loaded_bytes)
