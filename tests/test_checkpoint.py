@@ -1,5 +1,7 @@
 import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,6 +29,16 @@ def test_export_round_trip_reproduces_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(generator(x), loaded(x))
     assert json.loads((tmp_path / "generator.json").read_text())["architecture"] == "unet"
+
+
+def test_loading_an_export_starts_no_compiler(tmp_path):
+    """Every translation actor and the driver load the generator at their start: building the
+    declared network on the meta device must not import torch._dynamo (~1 s of CPU each)."""
+    export_small(tmp_path)
+    program = ("import sys; from pix2pix import checkpoint; checkpoint.load_generator(sys.argv[1]); "
+               "print('torch._dynamo' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
 
 
 def test_every_accepted_spelling_finds_the_export(tmp_path):

@@ -144,6 +144,10 @@ def _conv_bias(norm: str) -> bool:
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    # A network built on the meta device (to be loaded from weights) has no values to set, and
+    # normal_ there goes through a decomposition that imports torch._dynamo: ~1 s of a start.
+    if any(parameter.is_meta for parameter in module.parameters()):
+        return
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, std)
