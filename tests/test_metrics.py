@@ -103,6 +103,19 @@ def test_palette_classes_exact_and_noisy_colours():
     assert [names[i] for i in got] == ["water", "building", "road", "soil"]
 
 
+def test_palette_classes_are_the_nearest_colour_for_any_colour_ties_to_the_earlier_entry():
+    """Against a brute-force squared distance (numpy's argmin takes the first of equals) over
+    random colours, the palette's own, and the midpoints between every two of them (ties)."""
+    palette = {**RECIFE_PALETTE, "grey twin": (127, 127, 127), "dark": (1, 2, 3)}  # a repeated colour ties too
+    entries = np.array(list(palette.values()), np.int64)
+    rng = np.random.default_rng(0)
+    midpoints = [(a + b) // 2 for a in entries for b in entries] + [(a + b + 1) // 2 for a in entries for b in entries]
+    colours = np.concatenate([rng.integers(0, 256, (200_000, 3)), entries, midpoints]).astype(np.uint8)
+    expected = ((colours[:, None, :].astype(np.int64) - entries[None]) ** 2).sum(-1).argmin(axis=1)
+    got = palette_classes(torch.from_numpy(colours.T.copy()).reshape(1, 3, 1, -1), palette)[0, 0]
+    assert got.dtype == torch.int64 and np.array_equal(got.numpy(), expected)
+
+
 def test_class_iou_hand_computed():
     target = torch.tensor([[[0, 0], [1, 1]]])
     pred = torch.tensor([[[0, 1], [1, 1]]])
